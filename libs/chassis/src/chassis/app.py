@@ -1,0 +1,161 @@
+"""The app factory: one place that wires a service from its settings, inside the lifespan."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aioboto3
+import httpx
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import MetaData
+
+from .auth import JWKSCache, TokenVerifier
+from .consumer import Consumer, Handler
+from .db import Database
+from .observability import ObservabilityMiddleware, configure_logging
+from .outbox import OutboxRelay
+from .problems import Problem, install_problem_handlers, problem_response
+from .settings import ServiceSettings
+from .tracing import configure_tracing
+
+log = logging.getLogger("chassis.app")
+Hook = Callable[[FastAPI], Awaitable[None]]
+
+
+@dataclass
+class ServiceSpec:
+    """What a service brings: its tables, routes, the queues it consumes, extra wiring."""
+
+    name: str
+    metadata: MetaData
+    routers: list[APIRouter]
+    consumers: dict[str, dict[str, Handler]] = field(default_factory=dict)
+    on_startup: Hook | None = None
+    on_shutdown: Hook | None = None
+    description: str = ""
+
+
+def create_app(settings: ServiceSettings, spec: ServiceSpec) -> FastAPI:
+    """Build the service's ASGI app; nothing connects until the lifespan starts."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            await _start(app, settings, spec, stack)
+            try:
+                yield
+            finally:
+                if spec.on_shutdown:
+                    await spec.on_shutdown(app)
+                await _stop_tasks(app.state.tasks)
+
+    app = FastAPI(title=f"asyncsns {spec.name}", description=spec.description, lifespan=lifespan,
+                  version="0.1.0")
+    app.state.settings = settings
+    install_problem_handlers(app)
+    app.add_middleware(ObservabilityMiddleware, service=spec.name,
+                       max_body_bytes=settings.max_body_bytes)
+    app.include_router(_operations_router())
+    for router in spec.routers:
+        app.include_router(router)
+    return app
+
+
+async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
+                 stack: contextlib.AsyncExitStack) -> None:
+    configure_logging(spec.name, level=settings.log_level, json=settings.log_json)
+    configure_tracing(spec.name)
+    db = Database(settings.database_url)
+    stack.push_async_callback(db.dispose)
+    await db.create_all(spec.metadata)
+    http = await stack.enter_async_context(httpx.AsyncClient())
+    jwks = JWKSCache(settings.cognito_jwks_url, http=http,
+                     min_refresh_interval_s=settings.jwks_min_refresh_interval_s)
+    app.state.db = db
+    app.state.http = http
+    app.state.jwks = jwks
+    app.state.verifier = TokenVerifier(jwks, issuer=settings.cognito_issuer,
+                                       client_id=settings.cognito_client_id)
+    app.state.aws = aioboto3.Session()
+    app.state.tasks = {}
+    app.state.relay = None
+    app.state.consumers = []
+    aws_kwargs = settings.aws_client_kwargs()
+    if settings.events_topic_arn:
+        sns = await stack.enter_async_context(app.state.aws.client("sns", **aws_kwargs))
+        relay = OutboxRelay(service=spec.name, db=db, metadata=spec.metadata, sns=sns,
+                            topic_arn=settings.events_topic_arn,
+                            poll_interval_s=settings.outbox_poll_interval_s,
+                            batch_size=settings.outbox_batch_size)
+        db.on_events_committed.append(relay.wake)
+        app.state.relay = relay
+        app.state.tasks["outbox-relay"] = asyncio.create_task(relay.run())
+    if spec.consumers:
+        sqs = await stack.enter_async_context(app.state.aws.client("sqs", **aws_kwargs))
+        for queue, handlers in spec.consumers.items():
+            url = (await sqs.get_queue_url(QueueName=settings.queue_prefix + queue))["QueueUrl"]
+            consumer = Consumer(
+                service=spec.name, name=queue, queue_url=url, sqs=sqs, db=db,
+                metadata=spec.metadata, handlers=handlers,
+                wait_time_s=settings.consumer_wait_time_s,
+                concurrency=settings.consumer_concurrency,
+                retry_base_s=settings.consumer_retry_base_s,
+                max_backoff_s=settings.consumer_max_backoff_s)
+            app.state.consumers.append(consumer)
+            app.state.tasks[f"consumer:{queue}"] = asyncio.create_task(consumer.run())
+        app.state.tasks["queue-metrics"] = asyncio.create_task(
+            _sample_depths(app.state.consumers, settings.metrics_poll_interval_s))
+    if spec.on_startup:
+        await spec.on_startup(app)
+
+
+async def _sample_depths(consumers: list[Consumer], interval: float) -> None:
+    while True:
+        for consumer in consumers:
+            try:
+                await consumer.sample_depths()
+            except Exception:
+                log.warning("could not sample depth of %s", consumer.name, exc_info=True)
+        await asyncio.sleep(interval)
+
+
+async def _stop_tasks(tasks: dict[str, asyncio.Task[Any]]) -> None:
+    for task in tasks.values():
+        task.cancel()
+    await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+
+def _operations_router() -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz(request: Request) -> Response:
+        """Readiness: the database answers and every background loop is running."""
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(request.app.state.db.ping(), timeout=2)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"failed: {type(exc).__name__}"
+        for name, task in request.app.state.tasks.items():
+            checks[name] = "stopped" if task.done() else "ok"
+        if all(v == "ok" for v in checks.values()):
+            return JSONResponse({"status": "ok", "checks": checks})
+        return problem_response(Problem(503, "not ready", checks=checks), request)
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics of this process."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -1,0 +1,200 @@
+"""SQS consumer: long polls, handles each message once (inbox), deletes only after commit."""
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+from pydantic import ValidationError
+from sqlalchemy import MetaData, insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .db import Database, utcnow
+from .events import Envelope
+from .observability import CONSUMED, CONSUMER_LAG, DLQ_DEPTH, QUEUE_DEPTH
+from .tracing import span_from
+
+log = logging.getLogger("chassis.consumer")
+
+Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
+MAX_RECEIVES = 5
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One received message, unwrapped from its SNS envelope if it has one."""
+
+    body: dict[str, Any]
+    attributes: dict[str, str]
+
+
+def unwrap(message: dict[str, Any]) -> Delivery:
+    """Read raw delivery and SNS-envelope delivery alike; raises ValueError on garbage."""
+    body = json.loads(message["Body"])
+    if not isinstance(body, dict):
+        raise ValueError("message body is not a JSON object")
+    if body.get("Type") == "Notification" and "Message" in body:
+        attributes = {k: v.get("Value", "") for k, v in (body.get("MessageAttributes") or {}).items()}
+        inner = json.loads(body["Message"])
+        if not isinstance(inner, dict):
+            raise ValueError("SNS message is not a JSON object")
+        return Delivery(inner, attributes)
+    attributes = {k: v.get("StringValue", "")
+                  for k, v in (message.get("MessageAttributes") or {}).items()}
+    return Delivery(body, attributes)
+
+
+class _Duplicate(Exception):
+    pass
+
+
+class Consumer:
+    """Handles the events of one queue with bounded concurrency.
+
+    The event id goes into the inbox table in the same transaction as the handler's side
+    effects, so a redelivered or duplicated message changes nothing. A failure makes the
+    message visible again after an exponential backoff; SQS moves it to the DLQ after
+    five receives.
+    """
+
+    def __init__(self, *, service: str, name: str, queue_url: str, sqs: Any, db: Database,
+                 metadata: MetaData, handlers: dict[str, Handler], wait_time_s: int = 20,
+                 concurrency: int = 10, retry_base_s: int = 2, max_backoff_s: int = 900) -> None:
+        self.service = service
+        self.name = name
+        self.queue_url = queue_url
+        self._sqs = sqs
+        self._db = db
+        self._inbox = metadata.tables["inbox"]
+        self._handlers = handlers
+        self._wait = wait_time_s
+        self._sem = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._retry_base = retry_base_s
+        self._max_backoff = max_backoff_s
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self.healthy = True
+
+    async def run(self) -> None:
+        """Receive and dispatch until cancelled; in-flight messages finish first."""
+        backoff = 1.0
+        try:
+            while True:
+                free = self._concurrency - len(self._in_flight)
+                if free <= 0:
+                    await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    response = await self._sqs.receive_message(
+                        QueueUrl=self.queue_url, MaxNumberOfMessages=min(10, free),
+                        WaitTimeSeconds=self._wait, MessageAttributeNames=["All"],
+                        MessageSystemAttributeNames=["ApproximateReceiveCount"])
+                    self.healthy = True
+                    backoff = 1.0
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("receive from %s failed; retrying in %.0fs", self.name, backoff)
+                    self.healthy = False
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                for message in response.get("Messages", []):
+                    task = asyncio.create_task(self.handle(message))
+                    self._in_flight.add(task)
+                    task.add_done_callback(self._in_flight.discard)
+        finally:
+            if self._in_flight:
+                await asyncio.wait(self._in_flight, timeout=10)
+
+    async def handle(self, message: dict[str, Any]) -> str:
+        """Handle one message; returns the outcome (handled, duplicate, ignored, failed)."""
+        async with self._sem:
+            try:
+                outcome = await self._process(message)
+            except Exception:
+                log.exception("handling message %s from %s failed", message.get("MessageId"),
+                              self.name)
+                outcome = "failed"
+                await self._retry_later(message)
+            else:
+                await self._sqs.delete_message(QueueUrl=self.queue_url,
+                                               ReceiptHandle=message["ReceiptHandle"])
+            CONSUMED.labels(self.service, self.name, outcome).inc()
+            return outcome
+
+    async def _process(self, message: dict[str, Any]) -> str:
+        delivery = unwrap(message)
+        try:
+            envelope = Envelope.model_validate(delivery.body)
+        except ValidationError as exc:
+            raise ValueError(f"not an event envelope: {exc.error_count()} errors") from exc
+        handler = self._handlers.get(envelope.type)
+        if handler is None:
+            log.warning("no handler for %s on %s; dropping", envelope.type, self.name)
+            return "ignored"
+        carrier = envelope.trace or {k: v for k, v in delivery.attributes.items()
+                                     if k in ("traceparent", "tracestate")}
+        with span_from(carrier, f"consume {envelope.type}", trace.SpanKind.CONSUMER):
+            try:
+                async with self._db.transaction() as session:
+                    try:
+                        await session.execute(insert(self._inbox).values(
+                            consumer=self.name, event_id=envelope.id, event_type=envelope.type,
+                            processed_at=utcnow()))
+                    except IntegrityError as exc:
+                        raise _Duplicate from exc
+                    await handler(session, envelope)
+            except _Duplicate:
+                return "duplicate"
+        CONSUMER_LAG.labels(self.service, self.name).observe(
+            max(0.0, (utcnow() - envelope.occurred_at).total_seconds()))
+        return "handled"
+
+    async def _retry_later(self, message: dict[str, Any]) -> None:
+        receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+        delay = min(self._retry_base * 2 ** (receives - 1), self._max_backoff)
+        try:
+            await self._sqs.change_message_visibility(
+                QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"],
+                VisibilityTimeout=int(delay))
+        except Exception:
+            log.exception("could not delay message %s; it returns after the visibility timeout",
+                          message.get("MessageId"))
+
+    async def sample_depths(self) -> None:
+        """Record the queue's and its DLQ's depth as metrics."""
+        attrs = (await self._sqs.get_queue_attributes(
+            QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessages", "RedrivePolicy"]
+        ))["Attributes"]
+        QUEUE_DEPTH.labels(self.service, self.name).set(int(attrs.get("ApproximateNumberOfMessages", 0)))
+        policy = json.loads(attrs.get("RedrivePolicy", "{}"))
+        dlq_arn = policy.get("deadLetterTargetArn")
+        if dlq_arn:
+            dlq_url = (await self._sqs.get_queue_url(QueueName=dlq_arn.rsplit(":", 1)[1]))["QueueUrl"]
+            dlq = (await self._sqs.get_queue_attributes(
+                QueueUrl=dlq_url, AttributeNames=["ApproximateNumberOfMessages"]))["Attributes"]
+            DLQ_DEPTH.labels(self.service, self.name).set(int(dlq.get("ApproximateNumberOfMessages", 0)))
+
+
+async def redrive(sqs: Any, *, dlq_url: str, queue_url: str, limit: int = 10_000) -> int:
+    """Move messages from a DLQ back to its queue; returns how many moved."""
+    moved = 0
+    deadline = time.monotonic() + 300
+    while moved < limit and time.monotonic() < deadline:
+        response = await sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10,
+                                             WaitTimeSeconds=1, MessageAttributeNames=["All"])
+        messages = response.get("Messages", [])
+        if not messages:
+            break
+        for message in messages:
+            await sqs.send_message(QueueUrl=queue_url, MessageBody=message["Body"],
+                                   MessageAttributes=message.get("MessageAttributes", {}))
+            await sqs.delete_message(QueueUrl=dlq_url, ReceiptHandle=message["ReceiptHandle"])
+            moved += 1
+    return moved

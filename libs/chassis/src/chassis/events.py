@@ -1,0 +1,86 @@
+"""The versioned event envelope, the catalog of event types, and their JSON Schema."""
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+from ulid import ULID
+
+from .db import utcnow
+from .tracing import current_trace_headers
+
+ENVELOPE_VERSION = 1
+
+
+class Envelope(BaseModel):
+    """Every integration event, as it travels over SNS/SQS and into the archive."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(description="ULID: unique and sortable by time")
+    type: str = Field(description="past tense, '<area>.<verb-ed>', e.g. 'graph.followed'")
+    version: int = Field(description="version of the schema of `data` for this type")
+    occurred_at: datetime
+    producer: str = Field(description="the service that published it")
+    actor: str | None = Field(None, description="user id of who caused it, if a user did")
+    subject: str = Field(description="the aggregate it is about: its order is kept")
+    data: dict[str, Any]
+    trace: dict[str, str] = Field(default_factory=dict, description="W3C trace context")
+
+
+class EventData(BaseModel):
+    """Base of every event's `data` model; subclasses are registered with `@event_type`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+T = TypeVar("T", bound=type[EventData])
+CATALOG: dict[str, tuple[int, type[EventData], str]] = {}
+
+
+def event_type(name: str, *, version: int = 1, producer: str) -> Callable[[T], T]:
+    """Register a data model as the schema of event `name` at `version`."""
+
+    def register(model: T) -> T:
+        if name in CATALOG and CATALOG[name][1] is not model:
+            raise ValueError(f"event type {name} registered twice")
+        CATALOG[name] = (version, model, producer)
+        model.__event_type__ = name  # type: ignore[attr-defined]
+        return model
+
+    return register
+
+
+def new_event(data: EventData, *, producer: str, subject: str, actor: str | None) -> Envelope:
+    """An envelope around `data`, stamped with a fresh id, the time and the current trace."""
+    name = type(data).__event_type__  # type: ignore[attr-defined]
+    version = CATALOG[name][0]
+    return Envelope(
+        id=str(ULID()), type=name, version=version, occurred_at=utcnow(), producer=producer,
+        actor=actor, subject=subject, data=data.model_dump(mode="json"),
+        trace=current_trace_headers(),
+    )
+
+
+def parse_data(envelope: Envelope, model: type[EventData]) -> EventData:
+    return model.model_validate(envelope.data)
+
+
+def catalog_schema(producer: str | None = None) -> dict[str, Any]:
+    """JSON Schema of the envelope and of each registered type's `data` (the event catalog)."""
+    events = {}
+    for name in sorted(CATALOG):
+        version, model, owner = CATALOG[name]
+        if producer and owner != producer:
+            continue
+        schema = model.model_json_schema()
+        schema["x-event-version"] = version
+        schema["x-producer"] = owner
+        events[name] = schema
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "asyncsns event catalog",
+        "envelope": Envelope.model_json_schema(),
+        "events": events,
+    }

@@ -1,0 +1,261 @@
+"""Pytest fixtures that start real servers: moto, redis-server, SQLite and PostgreSQL.
+
+Enable with `pytest_plugins = ["chassis.testing"]`. PostgreSQL comes from
+ASYNCSNS_TEST_POSTGRES (default postgresql://postgres@127.0.0.1:5432/test) or, when that
+does not answer, from a private cluster started with initdb; each test gets its own database.
+ASYNCSNS_TEST_DATABASES=sqlite (or postgresql) narrows the backends a run covers.
+"""
+
+import asyncio
+import gzip
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+REGION = "us-east-1"
+FAKE_AWS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def run_sync(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine to completion from sync code, even inside a running loop's thread."""
+    result: list[Any] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(coro))
+        except BaseException as exc:
+            error.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+# --- moto ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A real moto server (SNS, SQS, S3, Cognito) on a free port."""
+    from moto.server import ThreadedMotoServer
+
+    import logging
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": REGION}.items():
+        os.environ.setdefault(key, value)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    wait_for_port(port)
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def aws_client(service: str, endpoint: str) -> Any:
+    return boto3.client(service, endpoint_url=endpoint, region_name=REGION, **FAKE_AWS)
+
+
+@dataclass(frozen=True)
+class CognitoPool:
+    """A user pool and app client in moto, with what a service needs to verify its tokens."""
+
+    endpoint: str
+    pool_id: str
+    client_id: str
+
+    @property
+    def issuer(self) -> str:
+        return f"https://cognito-idp.{REGION}.amazonaws.com/{self.pool_id}"
+
+    @property
+    def jwks_url(self) -> str:
+        return f"{self.endpoint}/{self.pool_id}/.well-known/jwks.json"
+
+    def env(self) -> dict[str, str]:
+        return {"cognito_issuer": self.issuer, "cognito_jwks_url": self.jwks_url,
+                "cognito_client_id": self.client_id, "cognito_user_pool_id": self.pool_id}
+
+    def tokens(self, username: str, password: str = "Passw0rd!x") -> dict[str, str]:
+        """Create and confirm a user (if new) and log in: Access, Id and Refresh tokens."""
+        idp = aws_client("cognito-idp", self.endpoint)
+        try:
+            idp.sign_up(ClientId=self.client_id, Username=username, Password=password,
+                        UserAttributes=[{"Name": "email", "Value": f"{username}@example.com"}])
+            idp.admin_confirm_sign_up(UserPoolId=self.pool_id, Username=username)
+        except idp.exceptions.UsernameExistsException:
+            pass
+        result = idp.initiate_auth(ClientId=self.client_id, AuthFlow="USER_PASSWORD_AUTH",
+                                   AuthParameters={"USERNAME": username, "PASSWORD": password})
+        return result["AuthenticationResult"]
+
+
+@pytest.fixture(scope="session")
+def cognito(moto_endpoint: str) -> CognitoPool:
+    idp = aws_client("cognito-idp", moto_endpoint)
+    pool_id = idp.create_user_pool(PoolName=f"test-{uuid.uuid4().hex[:8]}")["UserPool"]["Id"]
+    client_id = idp.create_user_pool_client(
+        UserPoolId=pool_id, ClientName="test-web",
+        ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
+    )["UserPoolClient"]["ClientId"]
+    return CognitoPool(moto_endpoint, pool_id, client_id)
+
+
+@pytest.fixture(scope="session")
+def moto_signing_key() -> dict[str, Any]:
+    """The private JWK moto signs every pool's tokens with, for forging tokens in tests."""
+    import moto.cognitoidp
+
+    path = Path(moto.cognitoidp.__file__).parent / "resources" / "jwks-private.json.gz"
+    with gzip.open(path) as handle:
+        return json.load(handle)
+
+
+# --- redis --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A private redis-server on a free port (REDIS_URL overrides)."""
+    if os.environ.get("ASYNCSNS_TEST_REDIS_URL"):
+        yield os.environ["ASYNCSNS_TEST_REDIS_URL"]
+        return
+    binary = shutil.which("redis-server")
+    if not binary:
+        pytest.fail("redis-server is not installed (make test installs it)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+# --- databases ----------------------------------------------------------------------------
+
+class PostgresServer:
+    """An admin connection to a PostgreSQL server: the machine's, or a private one."""
+
+    def __init__(self) -> None:
+        self.dsn = os.environ.get("ASYNCSNS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+        self._private: tuple[Path, str] | None = None
+
+    def start(self) -> None:
+        if self._answers(self.dsn):
+            return
+        self.dsn, self._private = _start_private_postgres()
+
+    def stop(self) -> None:
+        if self._private:
+            data, runner = self._private
+            subprocess.run([*runner.split(), "pg_ctl", "-D", str(data), "-m", "fast", "stop"],
+                           capture_output=True, check=False)
+
+    def _answers(self, dsn: str) -> bool:
+        import asyncpg
+
+        async def probe() -> None:
+            conn = await asyncpg.connect(dsn, timeout=3)
+            await conn.close()
+
+        try:
+            run_sync(probe())
+            return True
+        except Exception:
+            return False
+
+    def execute(self, sql: str) -> None:
+        import asyncpg
+
+        async def go() -> None:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
+        run_sync(go())
+
+    def url_for(self, database: str) -> str:
+        base = self.dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+        return f"{base}/{database}"
+
+
+def _start_private_postgres() -> tuple[str, tuple[Path, str]]:
+    bindir = next((p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
+    if bindir is None:
+        pytest.fail("no PostgreSQL server answers and none is installed (make test installs one)")
+    data = Path(tempfile.mkdtemp(prefix="asyncsns-pg-"))
+    runner = ""
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+        runner = "runuser -u postgres --"
+    env_path = f"{bindir}:{os.environ['PATH']}"
+    port = free_port()
+    cmd = runner.split()
+    subprocess.run([*cmd, "env", f"PATH={env_path}", "initdb", "-D", str(data), "-U", "postgres",
+                    "--auth=trust"], check=True, capture_output=True)
+    subprocess.run([*cmd, "env", f"PATH={env_path}", "pg_ctl", "-D", str(data), "-w", "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start",
+                    "-l", str(data / "log")], check=True, capture_output=True)
+    return (f"postgresql://postgres@127.0.0.1:{port}/postgres",
+            (data, f"{runner} env PATH={env_path}".strip()))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def _backends() -> list[str]:
+    chosen = os.environ.get("ASYNCSNS_TEST_DATABASES", "sqlite,postgresql")
+    return [b.strip() for b in chosen.split(",") if b.strip()]
+
+
+@pytest.fixture(params=_backends())
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database for one test, on each backend in turn."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    server.execute(f'CREATE DATABASE "{name}"')
+    yield server.url_for(name)
+    server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,80 @@
+"""The system's topology, declared once: read by the provisioner, the launcher, compose and CDK."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A consumer's queue on another service's topic, with its filter and its DLQ."""
+
+    queue: str
+    topic: str
+    event_types: tuple[str, ...]
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.queue}-dlq"
+
+
+@dataclass(frozen=True)
+class Service:
+    """One service: where it listens locally, which paths route to it, what it consumes."""
+
+    name: str
+    port: int
+    routes: tuple[str, ...]
+    publishes: bool = True
+    subscriptions: tuple[Subscription, ...] = ()
+    needs_redis: bool = False
+    needs_cognito_admin: bool = False
+
+    @property
+    def topic(self) -> str | None:
+        return f"{self.name}-events" if self.publishes else None
+
+
+@dataclass(frozen=True)
+class UserPool:
+    name: str
+    client: str
+    password_min_length: int = 8
+
+
+@dataclass(frozen=True)
+class Topology:
+    services: tuple[Service, ...]
+    user_pool: UserPool
+    buckets: tuple[str, ...] = ()
+    gateway_port: int = 8080
+    health_port: int = 8099
+    max_receive_count: int = 5
+    queue_retention_s: int = 4 * 24 * 3600
+    dlq_retention_s: int = 14 * 24 * 3600
+    visibility_timeout_s: int = 30
+    region: str = "us-east-1"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def service(self, name: str) -> Service:
+        return next(s for s in self.services if s.name == name)
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return tuple(s.topic for s in self.services if s.topic)
+
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        return tuple(sub for s in self.services for sub in s.subscriptions)
+
+
+TOPOLOGY = Topology(
+    services=(
+        Service(
+            name="profile",
+            port=8101,
+            routes=("/api/auth/", "/api/profiles/"),
+            needs_cognito_admin=True,
+        ),
+    ),
+    user_pool=UserPool(name="asyncsns-users", client="asyncsns-web"),
+    buckets=("asyncsns-events-archive",),
+)

@@ -77,6 +77,7 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
     jwks = JWKSCache(settings.cognito_jwks_url, http=http,
                      min_refresh_interval_s=settings.jwks_min_refresh_interval_s)
     app.state.db = db
+    app.state.exit_stack = stack
     app.state.http = http
     app.state.jwks = jwks
     app.state.verifier = TokenVerifier(jwks, issuer=settings.cognito_issuer,

@@ -7,6 +7,7 @@ ASYNCSNS_TEST_DATABASES=sqlite (or postgresql) narrows the backends a run covers
 """
 
 import asyncio
+import contextlib
 import gzip
 import json
 import os
@@ -17,13 +18,15 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import pytest
+from fastapi import FastAPI
 
 REGION = "us-east-1"
 FAKE_AWS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -125,7 +128,10 @@ class CognitoPool:
 @pytest.fixture(scope="session")
 def cognito(moto_endpoint: str) -> CognitoPool:
     idp = aws_client("cognito-idp", moto_endpoint)
-    pool_id = idp.create_user_pool(PoolName=f"test-{uuid.uuid4().hex[:8]}")["UserPool"]["Id"]
+    policy = {"MinimumLength": 8, "RequireLowercase": True, "RequireNumbers": True,
+              "RequireUppercase": False, "RequireSymbols": False}
+    pool_id = idp.create_user_pool(PoolName=f"test-{uuid.uuid4().hex[:8]}",
+                                   Policies={"PasswordPolicy": policy})["UserPool"]["Id"]
     client_id = idp.create_user_pool_client(
         UserPoolId=pool_id, ClientName="test-web",
         ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
@@ -259,3 +265,41 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     server.execute(f'CREATE DATABASE "{name}"')
     yield server.url_for(name)
     server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- talking to a service in tests ---------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def serve_in_process(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan and talk to it in-process; a 500 comes back as a response."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+            yield client
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The response is an RFC 9457 problem with `status`; returns its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status
+    assert body["type"].startswith("https://") and body["title"] and body["detail"]
+    return body
+
+
+async def receive_messages(sqs: Any, queue_url: str, *, wait_s: int = 2,
+                           delete: bool = True) -> list[dict[str, Any]]:
+    """What is visible on the queue now, long polling up to `wait_s` for the first message."""
+    messages: list[dict[str, Any]] = []
+    while True:
+        response = await sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0 if messages else wait_s,
+            MessageAttributeNames=["All"], MessageSystemAttributeNames=["ApproximateReceiveCount"])
+        batch = response.get("Messages", [])
+        if not batch:
+            return messages
+        messages += batch
+        if delete:
+            for message in batch:
+                await sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])

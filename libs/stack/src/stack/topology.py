@@ -39,6 +39,12 @@ class UserPool:
     client: str
     password_min_length: int = 8
 
+    @property
+    def password_policy(self) -> dict[str, object]:
+        """Cognito PasswordPolicy; the profile service's domain rules mirror it."""
+        return {"MinimumLength": self.password_min_length, "RequireLowercase": True,
+                "RequireNumbers": True, "RequireUppercase": False, "RequireSymbols": False}
+
 
 @dataclass(frozen=True)
 class Topology:

@@ -1,0 +1,55 @@
+"""Account and social-graph rules, free of I/O."""
+
+import re
+from dataclasses import dataclass
+
+USERNAME = re.compile(r"^[a-z0-9_]{3,30}$")
+USERNAME_RULE = "3-30 characters of a-z, 0-9 and _"
+PASSWORD_MIN, PASSWORD_MAX = 8, 256
+PASSWORD_RULE = f"{PASSWORD_MIN}-{PASSWORD_MAX} characters with a lowercase letter and a digit"
+DISPLAY_NAME_MAX = 50
+BIO_MAX = 500
+
+
+def password_problem(password: str) -> str | None:
+    """Why a password is refused, or None (mirrors the user pool's policy)."""
+    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        return f"must be {PASSWORD_RULE}"
+    if not re.search(r"[a-z]", password) or not re.search(r"[0-9]", password):
+        return f"must be {PASSWORD_RULE}"
+    return None
+
+
+@dataclass(frozen=True)
+class Relationship:
+    """How the caller stands to another user."""
+
+    following: bool = False
+    followed_by: bool = False
+    blocking: bool = False
+    blocked_by: bool = False
+    muting: bool = False
+
+
+class GraphRuleBroken(Exception):
+    """A graph change the rules forbid; `status` says how the API reports it."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def check_follow(actor: str, target: str, relationship: Relationship) -> None:
+    """May `actor` follow `target`? Raises GraphRuleBroken if not."""
+    if actor == target:
+        raise GraphRuleBroken(422, "you cannot follow yourself")
+    if relationship.blocked_by:
+        raise GraphRuleBroken(403, "this user has blocked you")
+    if relationship.blocking:
+        raise GraphRuleBroken(403, "unblock this user before following them")
+
+
+def check_not_self(actor: str, target: str, verb: str) -> None:
+    if actor == target:
+        raise GraphRuleBroken(422, f"you cannot {verb} yourself")

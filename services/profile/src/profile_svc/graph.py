@@ -1,0 +1,149 @@
+"""Follow, block and mute: the social graph's commands, each with its event in one transaction."""
+
+from sqlalchemy import and_, delete, exists, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chassis.db import Database
+from chassis.events import EventData, new_event
+from chassis.outbox import add_event
+from chassis.problems import Problem, not_found
+
+from . import events
+from .domain import GraphRuleBroken, Relationship, check_follow, check_not_self
+from .models import Base, Block, Follow, Mute, Profile
+
+OUTBOX = Base.metadata.tables["outbox"]
+
+
+async def relationship(session: AsyncSession, actor: str, target: str) -> Relationship:
+    """The caller's relationship to `target`, read in one query."""
+
+    def edge(model: type, a_col: str, b_col: str, a: str, b: str):  # noqa: ANN202
+        return exists().where(getattr(model, a_col) == a, getattr(model, b_col) == b)
+
+    row = (await session.execute(select(
+        edge(Follow, "follower_id", "followee_id", actor, target),
+        edge(Follow, "follower_id", "followee_id", target, actor),
+        edge(Block, "blocker_id", "blocked_id", actor, target),
+        edge(Block, "blocker_id", "blocked_id", target, actor),
+        edge(Mute, "muter_id", "muted_id", actor, target),
+    ))).one()
+    return Relationship(*(bool(v) for v in row))
+
+
+def blocked_either_way(viewer: str, user_column):  # noqa: ANN001, ANN201
+    """SQL condition: `viewer` and the user in `user_column` have blocked one another."""
+    return exists().where(or_(
+        and_(Block.blocker_id == viewer, Block.blocked_id == user_column),
+        and_(Block.blocker_id == user_column, Block.blocked_id == viewer)))
+
+
+async def _target(session: AsyncSession, target: str) -> Profile:
+    profile = await session.get(Profile, target)
+    if profile is None:
+        raise not_found("user")
+    return profile
+
+
+async def _emit(session: AsyncSession, data: EventData, actor: str) -> None:
+    await add_event(session, OUTBOX, new_event(data, producer=events.PRODUCER,
+                                               subject=f"user:{actor}", actor=actor))
+
+
+async def _count(session: AsyncSession, user_id: str, column: str, delta: int) -> None:
+    await session.execute(update(Profile).where(Profile.user_id == user_id)
+                          .values({column: getattr(Profile, column) + delta}))
+
+
+async def _remove_follow(session: AsyncSession, follower: str, followee: str) -> bool:
+    result = await session.execute(delete(Follow).where(
+        Follow.follower_id == follower, Follow.followee_id == followee))
+    if not result.rowcount:
+        return False
+    await _count(session, follower, "following_count", -1)
+    await _count(session, followee, "followers_count", -1)
+    await _emit(session, events.Unfollowed(actor_id=follower, target_id=followee), follower)
+    return True
+
+
+def _rule(error: GraphRuleBroken) -> Problem:
+    return Problem(error.status, error.detail)
+
+
+async def follow(db: Database, *, actor: str, target: str) -> None:
+    """`actor` follows `target`; following again changes nothing."""
+    try:
+        async with db.transaction() as session:
+            await _target(session, target)
+            state = await relationship(session, actor, target)
+            check_follow(actor, target, state)
+            if state.following:
+                return
+            await session.execute(insert(Follow).values(follower_id=actor, followee_id=target))
+            await _count(session, actor, "following_count", 1)
+            await _count(session, target, "followers_count", 1)
+            await _emit(session, events.Followed(actor_id=actor, target_id=target), actor)
+    except GraphRuleBroken as error:
+        raise _rule(error) from error
+    except IntegrityError:
+        return  # a concurrent identical follow committed first
+
+
+async def unfollow(db: Database, *, actor: str, target: str) -> None:
+    """`actor` stops following `target`; not following is fine."""
+    async with db.transaction() as session:
+        await _target(session, target)
+        await _remove_follow(session, actor, target)
+
+
+async def block(db: Database, *, actor: str, target: str) -> None:
+    """`actor` blocks `target`, which also removes the follows between them both ways."""
+    try:
+        async with db.transaction() as session:
+            check_not_self(actor, target, "block")
+            await _target(session, target)
+            if (await relationship(session, actor, target)).blocking:
+                return
+            await session.execute(insert(Block).values(blocker_id=actor, blocked_id=target))
+            await _remove_follow(session, actor, target)
+            await _remove_follow(session, target, actor)
+            await _emit(session, events.Blocked(actor_id=actor, target_id=target), actor)
+    except GraphRuleBroken as error:
+        raise _rule(error) from error
+    except IntegrityError:
+        return
+
+
+async def unblock(db: Database, *, actor: str, target: str) -> None:
+    async with db.transaction() as session:
+        await _target(session, target)
+        result = await session.execute(delete(Block).where(
+            Block.blocker_id == actor, Block.blocked_id == target))
+        if result.rowcount:
+            await _emit(session, events.Unblocked(actor_id=actor, target_id=target), actor)
+
+
+async def mute(db: Database, *, actor: str, target: str) -> None:
+    try:
+        async with db.transaction() as session:
+            check_not_self(actor, target, "mute")
+            await _target(session, target)
+            if (await relationship(session, actor, target)).muting:
+                return
+            await session.execute(insert(Mute).values(muter_id=actor, muted_id=target))
+            await _emit(session, events.Muted(actor_id=actor, target_id=target), actor)
+    except GraphRuleBroken as error:
+        raise _rule(error) from error
+    except IntegrityError:
+        return
+
+
+async def unmute(db: Database, *, actor: str, target: str) -> None:
+    async with db.transaction() as session:
+        await _target(session, target)
+        result = await session.execute(delete(Mute).where(
+            Mute.muter_id == actor, Mute.muted_id == target))
+        if result.rowcount:
+            await _emit(session, events.Unmuted(actor_id=actor, target_id=target), actor)
+

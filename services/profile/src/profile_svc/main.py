@@ -1,0 +1,27 @@
+"""Wiring: build the profile service's app from its settings (uvicorn --factory)."""
+
+from fastapi import FastAPI
+
+from chassis.app import ServiceSpec, create_app
+
+from . import accounts, profiles
+from .cognito import Accounts
+from .models import Base
+from .settings import ProfileSettings
+
+
+async def _connect_cognito(app: FastAPI) -> None:
+    settings: ProfileSettings = app.state.settings
+    idp = await app.state.exit_stack.enter_async_context(
+        app.state.aws.client("cognito-idp", **settings.aws_client_kwargs()))
+    app.state.accounts = Accounts(idp, pool_id=settings.cognito_user_pool_id,
+                                  client_id=settings.cognito_client_id,
+                                  auto_confirm=settings.auto_confirm_signups)
+
+
+def build_app(settings: ProfileSettings | None = None) -> FastAPI:
+    """The profile service: accounts, profiles and the social graph."""
+    return create_app(settings or ProfileSettings(), ServiceSpec(
+        name="profile", metadata=Base.metadata, routers=[accounts.router, profiles.router],
+        on_startup=_connect_cognito,
+        description="Accounts (a backend for Cognito), profiles, follows, blocks and mutes."))

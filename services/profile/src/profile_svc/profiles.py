@@ -1,0 +1,179 @@
+"""Profiles and graph lists: /api/profiles/*."""
+
+from datetime import datetime
+from typing import Literal
+
+from fastapi import APIRouter, Response, status
+from pydantic import BaseModel, Field
+from sqlalchemy import Select, and_, not_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chassis.auth import CurrentUser
+from chassis.db import DatabaseDep, utcnow
+from chassis.events import new_event
+from chassis.outbox import add_event
+from chassis.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from chassis.problems import not_found
+
+from . import graph
+from .domain import BIO_MAX, DISPLAY_NAME_MAX
+from .events import PRODUCER, ProfileUpdated
+from .models import Base, Follow, Profile
+
+router = APIRouter(prefix="/api/profiles", tags=["profiles"])
+OUTBOX = Base.metadata.tables["outbox"]
+
+
+class RelationshipView(BaseModel):
+    following: bool
+    followed_by: bool
+    blocking: bool
+    muting: bool
+
+
+class ProfileView(BaseModel):
+    user_id: str
+    username: str
+    display_name: str
+    bio: str
+    avatar_url: str | None
+    followers_count: int
+    following_count: int
+    posts_count: int
+    created_at: datetime
+    relationship: RelationshipView | None = Field(
+        None, description="how the caller stands to this user (absent on one's own profile)")
+
+
+class ProfileEdit(BaseModel):
+    display_name: str | None = Field(None, min_length=1, max_length=DISPLAY_NAME_MAX)
+    bio: str | None = Field(None, max_length=BIO_MAX)
+    avatar_media_id: str | None = Field(None, min_length=1, max_length=64)
+
+
+def _view(profile: Profile, relationship: RelationshipView | None = None) -> ProfileView:
+    return ProfileView(
+        user_id=profile.user_id, username=profile.username, display_name=profile.display_name,
+        bio=profile.bio, avatar_url=profile.avatar_url, followers_count=profile.followers_count,
+        following_count=profile.following_count, posts_count=profile.posts_count,
+        created_at=profile.created_at, relationship=relationship)
+
+
+async def _visible(session: AsyncSession, viewer: str, profile: Profile | None) -> ProfileView:
+    """The profile as `viewer` may see it: 404 if missing or if its owner blocked the viewer."""
+    if profile is None:
+        raise not_found("user")
+    if profile.user_id == viewer:
+        return _view(profile)
+    state = await graph.relationship(session, viewer, profile.user_id)
+    if state.blocked_by:
+        raise not_found("user")
+    return _view(profile, RelationshipView(following=state.following, followed_by=state.followed_by,
+                                           blocking=state.blocking, muting=state.muting))
+
+
+@router.get("/me", response_model=ProfileView)
+async def get_me(user: CurrentUser, db: DatabaseDep) -> ProfileView:
+    """The caller's own profile."""
+    async with db.sessions() as session:
+        return await _visible(session, user.id, await session.get(Profile, user.id))
+
+
+@router.patch("/me", response_model=ProfileView)
+async def edit_me(body: ProfileEdit, user: CurrentUser, db: DatabaseDep) -> ProfileView:
+    """Change display name, bio or avatar; fields left out stay as they are."""
+    async with db.transaction() as session:
+        profile = await session.get(Profile, user.id)
+        if profile is None:
+            raise not_found("user")
+        changes = body.model_dump(exclude_unset=True, exclude_none=True)
+        if "avatar_media_id" in changes and changes["avatar_media_id"] != profile.avatar_media_id:
+            profile.avatar_url = None  # set again when the media service reports it ready
+        for field, value in changes.items():
+            setattr(profile, field, value)
+        profile.updated_at = utcnow()
+        await add_event(session, OUTBOX, new_event(
+            ProfileUpdated(user_id=profile.user_id, username=profile.username,
+                           display_name=profile.display_name, bio=profile.bio,
+                           avatar_media_id=profile.avatar_media_id, avatar_url=profile.avatar_url),
+            producer=PRODUCER, subject=f"user:{user.id}", actor=user.id))
+    return _view(profile)
+
+
+@router.get("/by-username/{username}", response_model=ProfileView)
+async def get_by_username(username: str, user: CurrentUser, db: DatabaseDep) -> ProfileView:
+    """A profile by username."""
+    async with db.sessions() as session:
+        profile = await session.scalar(select(Profile).where(Profile.username == username))
+        return await _visible(session, user.id, profile)
+
+
+@router.get("/{user_id}", response_model=ProfileView)
+async def get_profile(user_id: str, user: CurrentUser, db: DatabaseDep) -> ProfileView:
+    """A profile by user id."""
+    async with db.sessions() as session:
+        return await _visible(session, user.id, await session.get(Profile, user_id))
+
+
+def _edge_routes(name: str, add, remove) -> None:  # noqa: ANN001
+    async def put(user_id: str, user: CurrentUser, db: DatabaseDep) -> Response:
+        await add(db, actor=user.id, target=user_id)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    async def delete(user_id: str, user: CurrentUser, db: DatabaseDep) -> Response:
+        await remove(db, actor=user.id, target=user_id)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    put.__doc__ = f"{name.capitalize()} this user (repeating it changes nothing)."
+    delete.__doc__ = f"Undo {name} (repeating it changes nothing)."
+    for method, endpoint in (("PUT", put), ("DELETE", delete)):
+        router.add_api_route(f"/{{user_id}}/{name}", endpoint, methods=[method],
+                             status_code=204, response_class=Response,
+                             name=f"{method.lower()}_{name}")
+
+
+_edge_routes("follow", graph.follow, graph.unfollow)
+_edge_routes("block", graph.block, graph.unblock)
+_edge_routes("mute", graph.mute, graph.unmute)
+
+
+def _list_query(viewer: str, user_id: str, side: Literal["followers", "following"]) -> Select:
+    other = Follow.follower_id if side == "followers" else Follow.followee_id
+    mine = Follow.followee_id if side == "followers" else Follow.follower_id
+    return (select(Profile, Follow.created_at)
+            .join(Follow, other == Profile.user_id)
+            .where(mine == user_id, not_(graph.blocked_either_way(viewer, Profile.user_id))))
+
+
+async def _graph_page(db, viewer: str, user_id: str, side, limit: int,  # noqa: ANN001
+                      cursor: str | None) -> Page[ProfileView]:
+    position = decode_cursor(cursor, "t", "id")
+    async with db.sessions() as session:
+        await _visible(session, viewer, await session.get(Profile, user_id))
+        query = _list_query(viewer, user_id, side)
+        if position:
+            at = datetime.fromisoformat(position["t"])
+            query = query.where(or_(Follow.created_at < at,
+                                    and_(Follow.created_at == at, Profile.user_id < position["id"])))
+        rows = (await session.execute(
+            query.order_by(Follow.created_at.desc(), Profile.user_id.desc()).limit(limit + 1))).all()
+    items = [_view(profile) for profile, _ in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last, followed_at = rows[limit - 1]
+        next_cursor = encode_cursor({"t": followed_at.isoformat(), "id": last.user_id})
+    return Page[ProfileView](items=items, next_cursor=next_cursor)
+
+
+@router.get("/{user_id}/followers", response_model=Page[ProfileView])
+async def followers(user_id: str, user: CurrentUser, db: DatabaseDep, limit: Limit = 20,
+                    cursor: Cursor = None) -> Page[ProfileView]:
+    """Who follows this user, most recent first."""
+    return await _graph_page(db, user.id, user_id, "followers", limit, cursor)
+
+
+@router.get("/{user_id}/following", response_model=Page[ProfileView])
+async def following(user_id: str, user: CurrentUser, db: DatabaseDep, limit: Limit = 20,
+                    cursor: Cursor = None) -> Page[ProfileView]:
+    """Whom this user follows, most recent first."""
+    return await _graph_page(db, user.id, user_id, "following", limit, cursor)

@@ -1,0 +1,10 @@
+"""Profile service settings."""
+
+from chassis.settings import ServiceSettings
+
+
+class ProfileSettings(ServiceSettings):
+    """The profile service's environment."""
+
+    service_name: str = "profile"
+    auto_confirm_signups: bool = True

@@ -1,0 +1,96 @@
+"""A profile service wired to a real moto (Cognito, SNS, SQS) and a fresh database per test."""
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from chassis.testing import aws_client
+from profile_svc.main import build_app
+from profile_svc.settings import ProfileSettings
+
+
+@dataclass
+class EventTap:
+    """A raw-delivery queue on the profile topic: what the service published."""
+
+    sqs: object
+    url: str
+
+    async def drain(self, expected: int, timeout_s: float = 10.0) -> list[dict]:
+        """Collect at least `expected` events (the app's loop keeps running meanwhile)."""
+        return await asyncio.to_thread(self._drain, expected, timeout_s)
+
+    def _drain(self, expected: int, timeout_s: float) -> list[dict]:
+        events: list[dict] = []
+        deadline = time.monotonic() + timeout_s
+        while len(events) < expected and time.monotonic() < deadline:
+            got = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10,
+                                           WaitTimeSeconds=1).get("Messages", [])
+            for message in got:
+                events.append(json.loads(message["Body"]))
+                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
+        return events
+
+
+@pytest.fixture
+def events_topic(moto_endpoint: str) -> tuple[str, EventTap]:
+    sns, sqs = aws_client("sns", moto_endpoint), aws_client("sqs", moto_endpoint)
+    name = f"profile-events-{uuid.uuid4().hex[:8]}"
+    topic = sns.create_topic(Name=name)["TopicArn"]
+    url = sqs.create_queue(QueueName=f"tap-{name}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn,
+                  Attributes={"RawMessageDelivery": "true"})
+    return topic, EventTap(sqs, url)
+
+
+@pytest.fixture
+async def client(database_url, cognito, moto_endpoint, events_topic):
+    settings = ProfileSettings(
+        database_url=database_url, aws_endpoint_url=moto_endpoint, aws_access_key_id="testing",
+        aws_secret_access_key="testing", events_topic_arn=events_topic[0],
+        outbox_poll_interval_s=0.1, log_json=False, **cognito.env())
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://profile") as http:
+            yield http
+
+
+@pytest.fixture
+def tap(events_topic) -> EventTap:
+    return events_topic[1]
+
+
+@dataclass
+class Account:
+    user_id: str
+    username: str
+    headers: dict[str, str]
+
+
+def unique(prefix: str = "u") -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def signup(client):
+    """Sign up and log in a new user through the API."""
+
+    async def make(prefix: str = "u", password: str = "correct horse 1") -> Account:
+        username = unique(prefix)
+        created = await client.post("/api/auth/signup", json={
+            "username": username, "email": f"{username}@example.com", "password": password})
+        assert created.status_code == 201, created.text
+        login = await client.post("/api/auth/login",
+                                  json={"username": username, "password": password})
+        assert login.status_code == 200, login.text
+        token = login.json()["access_token"]
+        return Account(created.json()["user_id"], username, {"Authorization": f"Bearer {token}"})
+
+    return make

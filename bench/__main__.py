@@ -1,0 +1,72 @@
+"""`python -m bench`: the embedded stack's gateway under 32 concurrent clients.
+
+Issue 2's targets on 2 cores: >= 2,000 authenticated `GET /api/profiles/me` per second with
+p99 <= 25 ms, and >= 800 `PUT /api/profiles/{id}/follow` per second with p99 <= 50 ms.
+"""
+
+import argparse
+import asyncio
+import socket
+import uuid
+
+import httpx
+
+from .load import run_wrk
+from .stack import embedded_stack
+
+
+async def _sign_up(base_url: str, count: int) -> list[tuple[str, str]]:
+    """Create `count` users through the gateway; returns (access_token, user_id) pairs."""
+    run = uuid.uuid4().hex[:6]
+    limit = asyncio.Semaphore(8)
+
+    async def one(http: httpx.AsyncClient, i: int) -> tuple[str, str]:
+        username, password = f"bench_{run}_{i}", "bench pass 1"
+        async with limit:
+            created = await http.post("/api/auth/signup", json={
+                "username": username, "email": f"{username}@example.com", "password": password})
+            created.raise_for_status()
+            login = await http.post("/api/auth/login",
+                                    json={"username": username, "password": password})
+            login.raise_for_status()
+        return login.json()["access_token"], created.json()["user_id"]
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        return await asyncio.gather(*(one(http, i) for i in range(count)))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="benchmark a stack that already runs (else start one)")
+    parser.add_argument("--replicas", default="profile=2", help="e.g. profile=2 (embedded only)")
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+
+    def scenarios(base_url: str) -> None:
+        users = asyncio.run(_sign_up(base_url, args.users))
+        print(f"stack {base_url}, {len(users)} users, {args.connections} concurrent clients, "
+              f"{args.duration} s each")
+        for name, mode, target in (("GET /api/profiles/me", "me", "target >= 2000/s, p99 <= 25 ms"),
+                                   ("PUT /api/profiles/{id}/follow", "follow",
+                                    "target >= 800/s, p99 <= 50 ms")):
+            result = run_wrk(name, base_url, users, mode, connections=args.connections,
+                             duration_s=args.duration)
+            print(f"{result.line()}   ({target})")
+
+    if args.url:
+        scenarios(args.url.rstrip("/"))
+    else:
+        with embedded_stack(_free_port(), args.replicas) as base_url:
+            scenarios(base_url)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Drive load with wrk (C, so the load generator does not starve the servers of CPU)."""
+
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+LUA = """
+local lines = {}
+for line in io.lines("%(users)s") do
+  local token, id = line:match("^(%%S+) (%%S+)$")
+  lines[#lines + 1] = {token = token, id = id}
+end
+local n = #lines
+local counter = 0
+local thread_offset = 0
+local next_offset = 0
+
+function setup(thread)
+  thread:set("thread_offset", next_offset)
+  next_offset = next_offset + math.floor(n * (n - 1) / 2)
+end
+
+function request()
+  local k = thread_offset + counter
+  counter = counter + 1
+  local me = lines[(k %% n) + 1]
+  local headers = {["Authorization"] = "Bearer " .. me.token}
+  if "%(mode)s" == "me" then
+    return wrk.format("GET", "/api/profiles/me", headers)
+  end
+  local step = 1 + (math.floor(k / n) %% (n - 1))
+  local target = lines[((k + step) %% n) + 1]
+  return wrk.format("PUT", "/api/profiles/" .. target.id .. "/follow", headers)
+end
+"""
+
+
+@dataclass
+class Result:
+    name: str
+    requests: int
+    errors: int
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+
+    def line(self) -> str:
+        return (f"{self.name:<34} {self.throughput:>9.0f} req/s   p50 {self.p50_ms:>7.2f} ms   "
+                f"p99 {self.p99_ms:>7.2f} ms   requests {self.requests:>7}   errors {self.errors}")
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(name: str, base_url: str, users: list[tuple[str, str]], mode: str, *,
+            connections: int, duration_s: int, threads: int = 2) -> Result:
+    """Run wrk against `base_url` with one of the scripted request mixes."""
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: run `make deps` (apt package wrk)")
+    workdir = Path(tempfile.mkdtemp(prefix="asyncsns-wrk-"))
+    (workdir / "users.txt").write_text("".join(f"{t} {i}\n" for t, i in users))
+    script = workdir / "script.lua"
+    script.write_text(LUA % {"users": workdir / "users.txt", "mode": mode})
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency",
+         "-s", str(script), base_url], capture_output=True, text=True, check=True).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        errors += sum(int(g) for g in m.groups())
+    return Result(
+        name=name, requests=requests, errors=errors,
+        throughput=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        p50_ms=_ms(re.search(r"50%\s+(\S+)", out).group(1)),
+        p99_ms=_ms(re.search(r"99%\s+(\S+)", out).group(1)))

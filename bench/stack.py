@@ -1,0 +1,44 @@
+"""Start the embedded stack for a benchmark, or use one that already runs."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+import httpx
+
+
+def wait_healthy(base_url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base_url}/api/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"{base_url} did not become healthy")
+
+
+@contextlib.contextmanager
+def embedded_stack(port: int, replicas: str | None) -> Iterator[str]:
+    """Run `python -m stack.launcher up` in a fresh data dir; stop it afterwards."""
+    data_dir = tempfile.mkdtemp(prefix="asyncsns-bench-")
+    command = [sys.executable, "-m", "stack.launcher", "up", "--port", str(port),
+               "--data-dir", data_dir]
+    if replicas:
+        command += ["--replicas", replicas]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base_url)
+        yield base_url
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)

@@ -54,8 +54,10 @@ def create_app(settings: ServiceSettings, spec: ServiceSpec) -> FastAPI:
                     await spec.on_shutdown(app)
                 await _stop_tasks(app.state.tasks)
 
+    # The chassis middleware traces and measures each request; FastAPI's native telemetry
+    # (0.165+) would add a second server span per request. Older versions ignore the key.
     app = FastAPI(title=f"asyncsns {spec.name}", description=spec.description, lifespan=lifespan,
-                  version="0.1.0")
+                  version="0.1.0", telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.settings = settings
     install_problem_handlers(app)
     app.add_middleware(ObservabilityMiddleware, service=spec.name,

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import structlog
+from fastapi import HTTPException
 from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -105,7 +106,11 @@ class ObservabilityMiddleware:
 
 
 def _limited(receive: Receive, limit: int) -> Receive:
-    """Refuse a chunked body that grows past the limit (Content-Length may be absent)."""
+    """Refuse a chunked body that grows past the limit (Content-Length may be absent).
+
+    An HTTPException, because FastAPI turns any other error raised while reading the body
+    into a 400; the app's handler renders it as a problem like any other.
+    """
     seen = 0
 
     async def wrapped() -> Message:
@@ -114,7 +119,7 @@ def _limited(receive: Receive, limit: int) -> Receive:
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise Problem(413, f"body exceeds {limit} bytes")
+                raise HTTPException(413, f"body exceeds {limit} bytes")
         return message
 
     return wrapped

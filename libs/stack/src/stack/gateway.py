@@ -1,0 +1,154 @@
+"""Renders the gateway's nginx config from the topology: the ALB listener rules, locally."""
+
+import json
+import os
+import pwd
+import shutil
+from pathlib import Path
+
+from .topology import TOPOLOGY, Topology
+
+PROBLEM_BASE = "https://asyncsns.dev/problems/"
+GATEWAY_PROBLEMS = {
+    400: ("Bad Request", "the gateway could not read the request"),
+    404: ("Not Found", "no service answers this path"),
+    413: ("Content Too Large", "the request body is larger than 1 MiB"),
+    502: ("Bad Gateway", "the service behind this path did not answer"),
+    503: ("Service Unavailable", "the service behind this path is unavailable"),
+    504: ("Gateway Timeout", "the service behind this path did not answer in time"),
+}
+WEBSOCKET_PREFIX = "/ws/"
+# Other request headers (traceparent, Authorization) pass through untouched.
+FORWARDED_HEADERS = (
+    "Host $http_host",
+    "X-Forwarded-For $proxy_add_x_forwarded_for",
+    "X-Forwarded-Proto $scheme",
+)
+
+
+def problem_body(status: int) -> str:
+    """The RFC 9457 body the gateway answers with when no service does."""
+    title, detail = GATEWAY_PROBLEMS[status]
+    slug = title.lower().replace(" ", "-")
+    return json.dumps({"type": PROBLEM_BASE + slug, "title": title, "status": status,
+                       "detail": detail}, separators=(",", ":"))
+
+
+def render_nginx_conf(upstreams: dict[str, list[str]], *, health_upstream: str, listen: str,
+                      prefix_dir: str | None, topology: Topology = TOPOLOGY,
+                      user: str | None = None) -> str:
+    """nginx.conf routing each declared path prefix to its service's replicas.
+
+    With prefix_dir (the launcher), nginx runs in the foreground with its pid, temp files and
+    error log under that directory; without it (a container), the image's defaults apply.
+    `user` is for a launcher running as root, so that workers can use prefix_dir.
+    """
+    main = ["worker_processes 2;"]
+    http = []
+    if prefix_dir:
+        main = ["daemon off;", f"pid {prefix_dir}/nginx.pid;",
+                f"error_log {prefix_dir}/error.log warn;", *main]
+        if user:
+            main.append(f"user {user};")
+        http += [f"{kind}_temp_path {prefix_dir}/{kind}_temp;"
+                 for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")]
+    else:
+        main.append("error_log stderr warn;")
+    http += _http_settings()
+    http += _upstream("stack_health", [health_upstream])
+    for name, servers in upstreams.items():
+        http += _upstream(f"svc_{name}", servers)
+    http += ["server {", f"    listen {listen};", *_indent(_server_body(upstreams, topology)), "}"]
+    return "\n".join([*main, "events {", "    worker_connections 1024;", "}",
+                      "http {", *_indent(http), "}", ""])
+
+
+def _http_settings() -> list[str]:
+    return [
+        "access_log off;",
+        "server_tokens off;",
+        "default_type application/octet-stream;",
+        "client_max_body_size 1m;",  # the services' own limit (ServiceSettings.max_body_bytes)
+        # One header line must fit one buffer: bearer tokens can be large, and the service
+        # (not the gateway) is the one to judge and refuse them.
+        "large_client_header_buffers 4 512k;",
+        "proxy_http_version 1.1;",
+        # Unbuffered so server-sent events and long polls reach the client as they are written.
+        "proxy_buffering off;",
+        "proxy_request_buffering on;",
+        "proxy_connect_timeout 5s;",
+        "proxy_read_timeout 60s;",
+        "proxy_next_upstream error timeout;",
+        "map $http_upgrade $connection_upgrade {",
+        "    default upgrade;",
+        "    '' '';",
+        "}",
+    ]
+
+
+def _upstream(name: str, servers: list[str]) -> list[str]:
+    if not servers:
+        raise ValueError(f"upstream {name} has no servers")
+    # Round robin is nginx's default; keepalive reuses connections to the replicas.
+    return [f"upstream {name} {{", *[f"    server {s} max_fails=1 fail_timeout=2s;"
+                                     for s in servers], "    keepalive 16;", "}"]
+
+
+def _server_body(upstreams: dict[str, list[str]], topology: Topology) -> list[str]:
+    body = [f"error_page {status} @problem_{status};" for status in GATEWAY_PROBLEMS]
+    body.append("error_page 494 @problem_400;")  # nginx's own code for headers too large
+    body += _location("= /api/health", "stack_health")
+    for service in topology.services:
+        if service.name not in upstreams:
+            continue
+        for route in service.routes:
+            body += _location(route, f"svc_{service.name}",
+                              websocket=route.startswith(WEBSOCKET_PREFIX))
+    body += ["location / {", "    return 404;", "}"]
+    for status in GATEWAY_PROBLEMS:
+        body += [f"location @problem_{status} {{",
+                 "    default_type application/problem+json;",
+                 f"    return {status} '{problem_body(status)}';", "}"]
+    return body
+
+
+def _location(match: str, upstream: str, *, websocket: bool = False) -> list[str]:
+    # No URI after the upstream name: the service sees the full /api/... path, as behind an ALB.
+    # proxy_set_header is inherited only by levels that set none, so each location sets all.
+    lines = [f"location {match} {{", f"    proxy_pass http://{upstream};",
+             *[f"    proxy_set_header {header};" for header in FORWARDED_HEADERS]]
+    if websocket:
+        lines += ["    proxy_set_header Upgrade $http_upgrade;",
+                  "    proxy_set_header Connection $connection_upgrade;",
+                  "    proxy_read_timeout 1h;"]
+    else:
+        # An empty Connection header keeps the upstream connection open for reuse.
+        lines.append('    proxy_set_header Connection "";')
+    return [*lines, "}"]
+
+
+def _indent(lines: list[str]) -> list[str]:
+    return [f"    {line}" for line in lines]
+
+
+def nginx_binary() -> str:
+    """Where nginx is; Debian puts it in /usr/sbin, which a user's PATH may lack."""
+    binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+    if binary is None:
+        raise FileNotFoundError("nginx is not installed: run `make up` (it installs it) "
+                                "or `apt-get install -y nginx`")
+    return binary
+
+
+def prepare_local(prefix_dir: Path, upstreams: dict[str, list[str]], *, health_upstream: str,
+                  listen: str, topology: Topology = TOPOLOGY) -> list[str]:
+    """Write nginx.conf under prefix_dir for a foreground run; returns the command to run it."""
+    binary = nginx_binary()
+    prefix_dir.mkdir(parents=True, exist_ok=True)
+    # As root, nginx would run its workers as www-data, who cannot use a private prefix.
+    user = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
+    conf = prefix_dir / "nginx.conf"
+    conf.write_text(render_nginx_conf(upstreams, health_upstream=health_upstream, listen=listen,
+                                      prefix_dir=str(prefix_dir), topology=topology, user=user))
+    # -e: the compiled-in error log under /var/log is not writable without root.
+    return [binary, "-c", str(conf), "-p", str(prefix_dir), "-e", str(prefix_dir / "error.log")]

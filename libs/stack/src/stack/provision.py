@@ -1,0 +1,202 @@
+"""Applies the declared topology to AWS or moto, idempotently, and says what services need."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from .topology import TOPOLOGY, Subscription, Topology
+
+LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+AUTH_FLOWS = ["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]
+
+
+def aws_clients(endpoint_url: str | None, region: str) -> dict[str, Any]:
+    """boto3 clients for the provisioner; moto takes any credentials, so local ones are fixed."""
+    kwargs: dict[str, Any] = {"region_name": region}
+    if endpoint_url:
+        kwargs.update(endpoint_url=endpoint_url, **LOCAL_CREDENTIALS)
+    return {name: boto3.client(name, **kwargs) for name in ("sns", "sqs", "s3", "cognito-idp")}
+
+
+def provision(topology: Topology = TOPOLOGY, endpoint_url: str | None = None,
+              region: str | None = None) -> dict[str, Any]:
+    """Create what is missing, converge what exists, and return ARNs, URLs and pool ids."""
+    region = region or topology.region
+    clients = aws_clients(endpoint_url, region)
+    topics = {s.name: clients["sns"].create_topic(Name=s.topic)["TopicArn"]
+              for s in topology.services if s.topic}
+    queues: dict[str, str] = {}
+    for sub in topology.subscriptions:
+        topic_arn = _topic_for(sub, topics)
+        queues.update(_ensure_queues(clients["sqs"], sub, topology, topic_arn))
+        queue_arn = _queue_arn(clients["sqs"], queues[sub.queue])
+        _ensure_subscription(clients["sns"], topic_arn, queue_arn, sub)
+    for bucket in topology.buckets:
+        _ensure_bucket(clients["s3"], bucket, region)
+    pool_id, client_id = _ensure_user_pool(clients["cognito-idp"], topology)
+    issuer = f"https://cognito-idp.{region}.amazonaws.com/{pool_id}"
+    jwks_base = f"{endpoint_url.rstrip('/')}/{pool_id}" if endpoint_url else issuer
+    return {
+        "region": region,
+        "endpoint_url": endpoint_url,
+        "topics": topics,
+        "queues": queues,
+        "buckets": list(topology.buckets),
+        "user_pool_id": pool_id,
+        "client_id": client_id,
+        "issuer": issuer,
+        "jwks_url": f"{jwks_base}/.well-known/jwks.json",
+    }
+
+
+def _topic_for(sub: Subscription, topics: dict[str, str]) -> str:
+    # A subscription may name the producing service or its topic; both mean the same topic.
+    for service, arn in topics.items():
+        if sub.topic in (service, f"{service}-events"):
+            return arn
+    raise ValueError(f"subscription {sub.queue} names topic {sub.topic}, which nothing publishes")
+
+
+def _ensure_queues(sqs: Any, sub: Subscription, topology: Topology,
+                   topic_arn: str) -> dict[str, str]:
+    dlq_url = _ensure_queue(sqs, sub.dlq, {"MessageRetentionPeriod": str(topology.dlq_retention_s)})
+    redrive = {"deadLetterTargetArn": _queue_arn(sqs, dlq_url),
+               "maxReceiveCount": str(topology.max_receive_count)}
+    url = _ensure_queue(sqs, sub.queue, {
+        "MessageRetentionPeriod": str(topology.queue_retention_s),
+        "VisibilityTimeout": str(topology.visibility_timeout_s),
+        "RedrivePolicy": json.dumps(redrive),
+    })
+    # moto ignores queue policies; real SQS refuses SNS deliveries without this one.
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={
+        "Policy": json.dumps(queue_policy(_queue_arn(sqs, url), topic_arn))})
+    return {sub.queue: url, sub.dlq: dlq_url}
+
+
+def _ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> str:
+    try:
+        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    except sqs.exceptions.QueueDoesNotExist:
+        return sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+    sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+    return url
+
+
+def _queue_arn(sqs: Any, url: str) -> str:
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    return attributes["Attributes"]["QueueArn"]
+
+
+def queue_policy(queue_arn: str, topic_arn: str) -> dict[str, Any]:
+    """The queue policy letting exactly one topic send to the queue."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "topic-delivers",
+            "Effect": "Allow",
+            "Principal": {"Service": "sns.amazonaws.com"},
+            "Action": "sqs:SendMessage",
+            "Resource": queue_arn,
+            "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+        }],
+    }
+
+
+def _ensure_subscription(sns: Any, topic_arn: str, queue_arn: str, sub: Subscription) -> None:
+    pages = sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn)
+    existing = [s["SubscriptionArn"] for page in pages for s in page["Subscriptions"]
+                if s["Protocol"] == "sqs" and s["Endpoint"] == queue_arn]
+    arn = existing[0] if existing else sns.subscribe(
+        TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn,
+        ReturnSubscriptionArn=True)["SubscriptionArn"]
+    # The relay sets the event_type message attribute; the filter matches on it.
+    wanted = {"RawMessageDelivery": "true",
+              "FilterPolicy": json.dumps({"event_type": sorted(sub.event_types)})}
+    current = sns.get_subscription_attributes(SubscriptionArn=arn)["Attributes"]
+    for name, value in wanted.items():
+        if current.get(name) != value:
+            sns.set_subscription_attributes(SubscriptionArn=arn, AttributeName=name,
+                                            AttributeValue=value)
+
+
+def _ensure_bucket(s3: Any, bucket: str, region: str) -> None:
+    try:
+        s3.head_bucket(Bucket=bucket)
+        return
+    except s3.exceptions.ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("404", "NoSuchBucket"):
+            raise
+    extra = {} if region == "us-east-1" else {
+        "CreateBucketConfiguration": {"LocationConstraint": region}}
+    s3.create_bucket(Bucket=bucket, **extra)
+
+
+def _ensure_user_pool(idp: Any, topology: Topology) -> tuple[str, str]:
+    wanted = topology.user_pool
+    pools = [p for page in idp.get_paginator("list_user_pools").paginate(MaxResults=60)
+             for p in page["UserPools"] if p["Name"] == wanted.name]
+    if pools:
+        pool_id = pools[0]["Id"]
+    else:
+        # Length alone, as NIST SP 800-63B advises; composition rules only make passwords worse.
+        policy = {"MinimumLength": wanted.password_min_length, "RequireUppercase": False,
+                  "RequireLowercase": False, "RequireNumbers": False, "RequireSymbols": False}
+        pool_id = idp.create_user_pool(
+            PoolName=wanted.name, Policies={"PasswordPolicy": policy},
+            AutoVerifiedAttributes=["email"])["UserPool"]["Id"]
+    clients = [c for page in idp.get_paginator("list_user_pool_clients").paginate(
+        UserPoolId=pool_id, MaxResults=60) for c in page["UserPoolClients"]
+        if c["ClientName"] == wanted.client]
+    if clients:
+        return pool_id, clients[0]["ClientId"]
+    client = idp.create_user_pool_client(UserPoolId=pool_id, ClientName=wanted.client,
+                                         GenerateSecret=False, ExplicitAuthFlows=AUTH_FLOWS)
+    return pool_id, client["UserPoolClient"]["ClientId"]
+
+
+def service_env(outputs: dict[str, Any], service_name: str, *, database_url: str,
+                redis_url: str | None, endpoint_url: str | None,
+                topology: Topology = TOPOLOGY, log_json: bool = True) -> dict[str, str]:
+    """The environment one service process reads into its ServiceSettings."""
+    service = topology.service(service_name)
+    env = {
+        "SERVICE_NAME": service_name,
+        "DATABASE_URL": database_url,
+        "AWS_REGION": outputs["region"],
+        "CONSUME_QUEUES": json.dumps([sub.queue for sub in service.subscriptions]),
+        "COGNITO_ISSUER": outputs["issuer"],
+        "COGNITO_JWKS_URL": outputs["jwks_url"],
+        "COGNITO_CLIENT_ID": outputs["client_id"],
+        "COGNITO_USER_POOL_ID": outputs["user_pool_id"],
+        "LOG_JSON": "true" if log_json else "false",
+    }
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    if endpoint_url:
+        env["AWS_ENDPOINT_URL"] = endpoint_url
+        env.update({key.upper(): value for key, value in LOCAL_CREDENTIALS.items()})
+    if service.topic:
+        env["EVENTS_TOPIC_ARN"] = outputs["topics"][service_name]
+    return env
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`asyncsns-provision [--endpoint URL] [--region R] [--out FILE]`"""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--endpoint", help="moto's URL; leave out for real AWS")
+    parser.add_argument("--region", default=TOPOLOGY.region)
+    parser.add_argument("--out", type=Path, help="write the outputs here as well as to stdout")
+    args = parser.parse_args(argv)
+    outputs = provision(TOPOLOGY, args.endpoint, args.region)
+    text = json.dumps(outputs, indent=2, sort_keys=True)
+    if args.out:
+        args.out.write_text(text + "\n")
+    sys.stdout.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The persistent moto server: Cognito users, queues and messages survive a restart."""
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import boto3
+from chassis.testing import FAKE_AWS, REGION, free_port, wait_for_port
+from stack.provision import provision
+from stack.topology import TOPOLOGY
+
+
+@contextmanager
+def moto_server(state: Path) -> Iterator[str]:
+    """The server as its own process; leaving the block stops it with SIGTERM, like the launcher."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "stack.motoserver", "--port", str(port),
+                             "--state", str(state), "--save-interval", "0.5"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+        assert proc.returncode == 0, stderr.decode()
+
+
+def client(name: str, endpoint: str):
+    return boto3.client(name, endpoint_url=endpoint, region_name=REGION, **FAKE_AWS)
+
+
+def log_in(endpoint: str, client_id: str) -> dict:
+    return client("cognito-idp", endpoint).initiate_auth(
+        ClientId=client_id, AuthFlow="USER_PASSWORD_AUTH",
+        AuthParameters={"USERNAME": "alice", "PASSWORD": "correct horse"})["AuthenticationResult"]
+
+
+def sub_of(endpoint: str, pool_id: str) -> str:
+    user = client("cognito-idp", endpoint).admin_get_user(UserPoolId=pool_id, Username="alice")
+    return next(a["Value"] for a in user["UserAttributes"] if a["Name"] == "sub")
+
+
+def test_users_queues_and_messages_survive_a_restart(tmp_path: Path) -> None:
+    state = tmp_path / "moto.state"
+    with moto_server(state) as endpoint:
+        before = provision(TOPOLOGY, endpoint, REGION)
+        idp = client("cognito-idp", endpoint)
+        idp.sign_up(ClientId=before["client_id"], Username="alice", Password="correct horse")
+        idp.admin_confirm_sign_up(UserPoolId=before["user_pool_id"], Username="alice")
+        sub = sub_of(endpoint, before["user_pool_id"])
+        sqs = client("sqs", endpoint)
+        queue = sqs.create_queue(QueueName="kept")["QueueUrl"]
+        sqs.send_message(QueueUrl=queue, MessageBody="still here")
+        client("s3", endpoint).put_object(Bucket=TOPOLOGY.buckets[0], Key="a/b.json", Body=b"{}")
+
+    with moto_server(state) as endpoint:
+        after = provision(TOPOLOGY, endpoint, REGION)
+        assert log_in(endpoint, after["client_id"])["AccessToken"]
+        assert sub_of(endpoint, after["user_pool_id"]) == sub
+        assert after["user_pool_id"] == before["user_pool_id"]
+        assert after["client_id"] == before["client_id"]
+        sqs = client("sqs", endpoint)
+        queue = sqs.get_queue_url(QueueName="kept")["QueueUrl"]
+        messages = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1)["Messages"]
+        assert [m["Body"] for m in messages] == ["still here"]
+        body = client("s3", endpoint).get_object(Bucket=TOPOLOGY.buckets[0], Key="a/b.json")
+        assert body["Body"].read() == b"{}"
+
+
+def test_periodic_save_keeps_state_when_the_process_is_killed(tmp_path: Path) -> None:
+    state = tmp_path / "moto.state"
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "stack.motoserver", "--port", str(port),
+                             "--state", str(state), "--save-interval", "0.2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        client("sqs", f"http://127.0.0.1:{port}").create_queue(QueueName="saved-in-passing")
+        deadline = time.monotonic() + 10
+        while not state.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+
+    with moto_server(state) as endpoint:
+        assert client("sqs", endpoint).get_queue_url(QueueName="saved-in-passing")["QueueUrl"]
+
+
+def test_an_unreadable_state_file_is_set_aside_not_lost(tmp_path: Path) -> None:
+    state = tmp_path / "moto.state"
+    state.write_bytes(b"not a pickle")
+
+    with moto_server(state) as endpoint:
+        assert client("sqs", endpoint).list_queues().get("QueueUrls", []) == []
+
+    assert [p.read_bytes() for p in tmp_path.glob("moto.state.unreadable-*")] == [b"not a pickle"]

@@ -50,11 +50,11 @@ def events_topic(moto_endpoint: str) -> tuple[str, EventTap]:
 
 
 @pytest.fixture
-async def client(database_url, cognito, moto_endpoint, events_topic):
+async def client(database_url, cognito, moto_endpoint, events_topic, redis_url):
     settings = ProfileSettings(
         database_url=database_url, aws_endpoint_url=moto_endpoint, aws_access_key_id="testing",
         aws_secret_access_key="testing", events_topic_arn=events_topic[0],
-        outbox_poll_interval_s=0.1, log_json=False, **cognito.env())
+        outbox_poll_interval_s=0.1, log_json=False, redis_url=redis_url, **cognito.env())
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -192,3 +192,14 @@ async def test_bad_profile_edit_names_the_field(client, signup, field, value):
     response = await client.patch("/api/profiles/me", json={field: value}, headers=alice.headers)
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == field
+
+
+async def test_cached_profiles_reflect_changes_at_once(client, signup):
+    alice, bob = await signup(), await signup()
+    assert (await profile(client, alice, bob.user_id))["followers_count"] == 0
+    assert (await client.get("/api/profiles/me", headers=bob.headers)).json()["bio"] == ""
+    await client.put(f"/api/profiles/{bob.user_id}/follow", headers=alice.headers)
+    assert (await profile(client, alice, bob.user_id))["followers_count"] == 1
+    await client.patch("/api/profiles/me", json={"bio": "now"}, headers=bob.headers)
+    assert (await client.get("/api/profiles/me", headers=bob.headers)).json()["bio"] == "now"
+    assert (await profile(client, alice, bob.user_id))["bio"] == "now"

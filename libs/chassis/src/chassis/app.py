@@ -12,6 +12,7 @@ import httpx
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
 from sqlalchemy import MetaData
 
 from .auth import JWKSCache, TokenVerifier
@@ -85,6 +86,10 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
     app.state.verifier = TokenVerifier(jwks, issuer=settings.cognito_issuer,
                                        client_id=settings.cognito_client_id)
     app.state.aws = aioboto3.Session()
+    app.state.redis = None
+    if settings.redis_url:
+        app.state.redis = Redis.from_url(settings.redis_url)
+        stack.push_async_callback(app.state.redis.aclose)
     app.state.tasks = {}
     app.state.relay = None
     app.state.consumers = []
@@ -150,6 +155,12 @@ def _operations_router() -> APIRouter:
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"failed: {type(exc).__name__}"
+        if request.app.state.redis is not None:
+            try:
+                await asyncio.wait_for(request.app.state.redis.ping(), timeout=2)
+                checks["redis"] = "ok"
+            except Exception as exc:
+                checks["redis"] = f"failed: {type(exc).__name__}"
         for name, task in request.app.state.tasks.items():
             checks[name] = "stopped" if task.done() else "ok"
         if all(v == "ok" for v in checks.values()):

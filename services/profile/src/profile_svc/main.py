@@ -3,6 +3,7 @@
 from fastapi import FastAPI
 
 from chassis.app import ServiceSpec, create_app
+from chassis.cache import ViewCache
 
 from . import accounts, profiles
 from .cognito import Accounts
@@ -10,18 +11,20 @@ from .models import Base
 from .settings import ProfileSettings
 
 
-async def _connect_cognito(app: FastAPI) -> None:
+async def _connect(app: FastAPI) -> None:
     settings: ProfileSettings = app.state.settings
     idp = await app.state.exit_stack.enter_async_context(
         app.state.aws.client("cognito-idp", **settings.aws_client_kwargs()))
     app.state.accounts = Accounts(idp, pool_id=settings.cognito_user_pool_id,
                                   client_id=settings.cognito_client_id,
                                   auto_confirm=settings.auto_confirm_signups)
+    app.state.profile_cache = ViewCache(app.state.redis, prefix="profile:view:v1:",
+                                        ttl_s=settings.profile_cache_ttl_s)
 
 
 def build_app(settings: ProfileSettings | None = None) -> FastAPI:
     """The profile service: accounts, profiles and the social graph."""
     return create_app(settings or ProfileSettings(), ServiceSpec(
         name="profile", metadata=Base.metadata, routers=[accounts.router, profiles.router],
-        on_startup=_connect_cognito,
+        on_startup=_connect,
         description="Accounts (a backend for Cognito), profiles, follows, blocks and mutes."))

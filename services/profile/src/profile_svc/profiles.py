@@ -1,14 +1,16 @@
 """Profiles and graph lists: /api/profiles/*."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Response, status
+import orjson
+from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import BaseModel, Field
 from sqlalchemy import Select, and_, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.auth import CurrentUser
+from chassis.cache import ViewCache
 from chassis.db import DatabaseDep, utcnow
 from chassis.events import new_event
 from chassis.outbox import add_event
@@ -59,28 +61,49 @@ def _view(profile: Profile, relationship: RelationshipView | None = None) -> Pro
         created_at=profile.created_at, relationship=relationship)
 
 
-async def _visible(session: AsyncSession, viewer: str, profile: Profile | None) -> ProfileView:
+def _cache(request: Request) -> ViewCache:
+    return request.app.state.profile_cache
+
+
+CacheDep = Annotated[ViewCache, Depends(_cache)]
+
+
+async def _base_view(db, cache: ViewCache, user_id: str) -> dict | None:  # noqa: ANN001
+    """The profile as anyone sees it (no relationship), from the cache or the database."""
+
+    async def load() -> bytes | None:
+        async with db.sessions() as session:
+            profile = await session.get(Profile, user_id)
+        return _view(profile).model_dump_json().encode() if profile else None
+
+    raw = await cache.get_or_load(user_id, load)
+    return orjson.loads(raw) if raw else None
+
+
+async def _visible(db, cache: ViewCache, viewer: str, user_id: str | None) -> Response:  # noqa: ANN001
     """The profile as `viewer` may see it: 404 if missing or if its owner blocked the viewer."""
-    if profile is None:
+    view = await _base_view(db, cache, user_id) if user_id else None
+    if view is None:
         raise not_found("user")
-    if profile.user_id == viewer:
-        return _view(profile)
-    state = await graph.relationship(session, viewer, profile.user_id)
-    if state.blocked_by:
-        raise not_found("user")
-    return _view(profile, RelationshipView(following=state.following, followed_by=state.followed_by,
-                                           blocking=state.blocking, muting=state.muting))
+    if user_id != viewer:
+        async with db.sessions() as session:
+            state = await graph.relationship(session, viewer, user_id)
+        if state.blocked_by:
+            raise not_found("user")
+        view["relationship"] = {"following": state.following, "followed_by": state.followed_by,
+                                "blocking": state.blocking, "muting": state.muting}
+    return Response(orjson.dumps(view), media_type="application/json")
 
 
 @router.get("/me", response_model=ProfileView)
-async def get_me(user: CurrentUser, db: DatabaseDep) -> ProfileView:
+async def get_me(user: CurrentUser, db: DatabaseDep, cache: CacheDep) -> Response:
     """The caller's own profile."""
-    async with db.sessions() as session:
-        return await _visible(session, user.id, await session.get(Profile, user.id))
+    return await _visible(db, cache, user.id, user.id)
 
 
 @router.patch("/me", response_model=ProfileView)
-async def edit_me(body: ProfileEdit, user: CurrentUser, db: DatabaseDep) -> ProfileView:
+async def edit_me(body: ProfileEdit, user: CurrentUser, db: DatabaseDep,
+                  cache: CacheDep) -> ProfileView:
     """Change display name, bio or avatar; fields left out stay as they are."""
     async with db.transaction() as session:
         profile = await session.get(Profile, user.id)
@@ -97,31 +120,36 @@ async def edit_me(body: ProfileEdit, user: CurrentUser, db: DatabaseDep) -> Prof
                            display_name=profile.display_name, bio=profile.bio,
                            avatar_media_id=profile.avatar_media_id, avatar_url=profile.avatar_url),
             producer=PRODUCER, subject=f"user:{user.id}", actor=user.id))
+    await cache.forget(user.id)
     return _view(profile)
 
 
 @router.get("/by-username/{username}", response_model=ProfileView)
-async def get_by_username(username: str, user: CurrentUser, db: DatabaseDep) -> ProfileView:
+async def get_by_username(username: str, user: CurrentUser, db: DatabaseDep,
+                          cache: CacheDep) -> Response:
     """A profile by username."""
     async with db.sessions() as session:
-        profile = await session.scalar(select(Profile).where(Profile.username == username))
-        return await _visible(session, user.id, profile)
+        user_id = await session.scalar(select(Profile.user_id).where(Profile.username == username))
+    return await _visible(db, cache, user.id, user_id)
 
 
 @router.get("/{user_id}", response_model=ProfileView)
-async def get_profile(user_id: str, user: CurrentUser, db: DatabaseDep) -> ProfileView:
+async def get_profile(user_id: str, user: CurrentUser, db: DatabaseDep,
+                      cache: CacheDep) -> Response:
     """A profile by user id."""
-    async with db.sessions() as session:
-        return await _visible(session, user.id, await session.get(Profile, user_id))
+    return await _visible(db, cache, user.id, user_id)
 
 
 def _edge_routes(name: str, add, remove) -> None:  # noqa: ANN001
-    async def put(user_id: str, user: CurrentUser, db: DatabaseDep) -> Response:
+    async def put(user_id: str, user: CurrentUser, db: DatabaseDep, cache: CacheDep) -> Response:
         await add(db, actor=user.id, target=user_id)
+        await cache.forget(user.id, user_id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
-    async def delete(user_id: str, user: CurrentUser, db: DatabaseDep) -> Response:
+    async def delete(user_id: str, user: CurrentUser, db: DatabaseDep,
+                     cache: CacheDep) -> Response:
         await remove(db, actor=user.id, target=user_id)
+        await cache.forget(user.id, user_id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     put.__doc__ = f"{name.capitalize()} this user (repeating it changes nothing)."
@@ -149,7 +177,10 @@ async def _graph_page(db, viewer: str, user_id: str, side, limit: int,  # noqa: 
                       cursor: str | None) -> Page[ProfileView]:
     position = decode_cursor(cursor, "t", "id")
     async with db.sessions() as session:
-        await _visible(session, viewer, await session.get(Profile, user_id))
+        profile = await session.get(Profile, user_id)
+        if profile is None or (user_id != viewer and
+                               (await graph.relationship(session, viewer, user_id)).blocked_by):
+            raise not_found("user")
         query = _list_query(viewer, user_id, side)
         if position:
             at = datetime.fromisoformat(position["t"])

@@ -8,3 +8,4 @@ class ProfileSettings(ServiceSettings):
 
     service_name: str = "profile"
     auto_confirm_signups: bool = True
+    profile_cache_ttl_s: int = 30

@@ -28,9 +28,10 @@ def service_dockerfile(name: str) -> Path:
     return ROOT / "services" / name / "Dockerfile"
 
 
-def app_dockerfile(template: str, *, package: str, app: str, port: int) -> str:
+def app_dockerfile(template: str, *, package: str, app: str, port: int,
+                   health_path: str = "/healthz") -> str:
     """The recipe with its build arguments' defaults set to one app's."""
-    defaults = {"PACKAGE": package, "APP": app, "PORT": str(port)}
+    defaults = {"PACKAGE": package, "APP": app, "PORT": str(port), "HEALTH_PATH": health_path}
     text = template
     for arg, value in defaults.items():
         # Only the first declaration, the global one; each stage's re-declaration inherits it.
@@ -77,9 +78,11 @@ def rendered(topology: Topology = TOPOLOGY) -> dict[Path, str]:
             port=CONTAINER_PORT)
         for s in topology.services
     }
+    # stack.health has no liveness route of its own, and its /api/health answers 503 while any
+    # service is not ready; the aggregator is alive when it serves its OpenAPI document.
     files[STACK_DOCKERFILE] = app_dockerfile(
         template, package="asyncsns-stack", app="stack.health:build_app",
-        port=topology.health_port)
+        port=topology.health_port, health_path="/openapi.json")
     files[POSTGRES_INIT] = postgres_init(topology)
     files[NGINX_CONF] = nginx_conf(topology)
     return files

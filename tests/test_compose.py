@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -14,6 +15,7 @@ import dockerfile
 import pytest
 import yaml
 from chassis.settings import ServiceSettings
+from chassis.testing import free_port
 from dotenv import dotenv_values
 from stack.provision import provision
 from stack.topology import TOPOLOGY
@@ -21,6 +23,7 @@ from stack.topology import TOPOLOGY
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 VENV_BIN = Path(sys.executable).parent
+LOCAL_PATH = {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
 
 
 def load_script(relative: str) -> ModuleType:
@@ -87,6 +90,7 @@ def test_each_service_listens_on_8000_with_the_settings_provision_wrote(name):
     assert "shared:/shared:ro" in SERVICES[name]["volumes"]
     assert SERVICES[name]["depends_on"]["provision"] == {
         "condition": "service_completed_successfully"}
+    assert build_args(render.service_dockerfile(name))["HEALTH_PATH"] == "/healthz"
 
 
 @pytest.mark.parametrize("path", APP_DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -95,7 +99,7 @@ def test_app_images_install_from_the_lock_with_uv_and_run_unprivileged(path):
     assert "uv sync --frozen --no-dev" in runs
     final_user = instructions(path, "USER")[-1].value[0]
     assert final_user.split(":")[0] not in ("root", "0")
-    assert any("/healthz" in " ".join(c.value) for c in instructions(path, "HEALTHCHECK"))
+    assert any("HEALTH_PATH" in " ".join(c.value) for c in instructions(path, "HEALTHCHECK"))
     assert instructions(path, "EXPOSE")
 
 
@@ -167,15 +171,21 @@ def provision_command_run_locally(moto_endpoint: str, shared: Path) -> str:
             .replace("/shared", str(shared)))
 
 
-def test_provision_step_leaves_every_service_complete_settings(moto_endpoint, tmp_path,
-                                                               monkeypatch):
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(["sh", "-c", provision_command_run_locally(moto_endpoint, tmp_path)],
-                            env=env, capture_output=True, text=True, timeout=120)
+@pytest.fixture(scope="module")
+def shared(moto_endpoint, tmp_path_factory) -> Path:
+    """/shared as compose's provision step leaves it, the step run here against a local moto."""
+    directory = tmp_path_factory.mktemp("shared")
+    result = subprocess.run(["sh", "-c", provision_command_run_locally(moto_endpoint, directory)],
+                            env={**os.environ, **LOCAL_PATH}, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    outputs = json.loads((tmp_path / "stack.json").read_text())
+    return directory
+
+
+def test_provision_step_leaves_every_service_complete_settings(shared, monkeypatch):
+    outputs = json.loads((shared / "stack.json").read_text())
     for service in TOPOLOGY.services:
-        values = dotenv_values(tmp_path / f"{service.name}.env")
+        values = dotenv_values(shared / f"{service.name}.env")
         assert set(values) <= {field.upper() for field in ServiceSettings.model_fields}
         for key, value in values.items():
             monkeypatch.setenv(key, value)
@@ -186,6 +196,35 @@ def test_provision_step_leaves_every_service_complete_settings(moto_endpoint, tm
         assert settings.cognito_user_pool_id == outputs["user_pool_id"]
         assert settings.cognito_client_id == outputs["client_id"]
         assert settings.events_topic_arn == outputs["topics"].get(service.name)
+
+
+@pytest.mark.parametrize("name", [name for name, service in SERVICES.items()
+                                  if "build" in service and healthcheck_of(service)])
+def test_container_command_passes_the_image_healthcheck(name, shared, tmp_path):
+    service = SERVICES[name]
+    port = free_port()
+    command = [part.replace("/shared", str(shared)) for part in service["command"]]
+    command[command.index("--host") + 1] = "127.0.0.1"
+    command[command.index("--port") + 1] = str(port)
+    # Compose's PostgreSQL is not here; a variable set outside wins over the env file.
+    env = {**os.environ, **LOCAL_PATH, **service.get("environment", {}),
+           "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/db.sqlite3"}
+    image = dockerfile_of(service)
+    check = instructions(image, "HEALTHCHECK")[-1].value
+    assert check[0] == "CMD"
+    check_env = {**env, "PORT": str(port), "HEALTH_PATH": build_args(image)["HEALTH_PATH"]}
+    log = tmp_path / "app.log"
+    with log.open("w") as out, subprocess.Popen(command, env=env, cwd=tmp_path, stdout=out,
+                                                stderr=subprocess.STDOUT) as app:
+        try:
+            deadline = time.monotonic() + 30
+            while subprocess.run(check[1:], env=check_env, capture_output=True).returncode:
+                assert app.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        finally:
+            app.terminate()
+            app.wait(timeout=10)
 
 
 def test_env_file_values_survive_quoting(tmp_path):
@@ -225,14 +264,17 @@ def image_context(tmp_path_factory) -> Path:
     return build_context(tmp_path_factory.mktemp("context") / "src")
 
 
+def build_args(path: Path) -> dict[str, str]:
+    """The build arguments' defaults."""
+    return dict(c.value[0].split("=", 1) for c in instructions(path, "ARG") if "=" in c.value[0])
+
+
 def build_stage(path: Path) -> tuple[dict[str, str], str]:
     """The build arguments, the environment of the stage that runs `uv sync`, and that command."""
-    args: dict[str, str] = {}
+    args = build_args(path)
     stage_env: dict[str, str] = {}
     for c in dockerfile.parse_file(str(path)):
-        if c.cmd == "ARG" and "=" in c.value[0]:
-            args.update([c.value[0].split("=", 1)])
-        elif c.cmd == "FROM":
+        if c.cmd == "FROM":
             stage_env = {}
         elif c.cmd == "ENV":
             stage_env.update(zip(c.value[::2], c.value[1::2], strict=True))
@@ -245,7 +287,9 @@ def build_stage(path: Path) -> tuple[dict[str, str], str]:
 @pytest.mark.parametrize("path", APP_DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_image_build_step_installs_a_runnable_app_from_the_lock(path, image_context, tmp_path):
     build_env, command = build_stage(path)
-    env = {**os.environ, **build_env, "UV_PROJECT_ENVIRONMENT": str(tmp_path / "venv")}
+    # Precompiling bytecode only costs time here (moto alone takes seconds).
+    env = {**os.environ, **build_env, "UV_PROJECT_ENVIRONMENT": str(tmp_path / "venv"),
+           "UV_COMPILE_BYTECODE": "0"}
     env.pop("VIRTUAL_ENV", None)
     sync = subprocess.run(["sh", "-c", command], cwd=image_context, env=env,
                           capture_output=True, text=True, timeout=300)

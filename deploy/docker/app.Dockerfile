@@ -7,6 +7,7 @@
 ARG PACKAGE
 ARG APP
 ARG PORT=8000
+ARG HEALTH_PATH=/healthz
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
 
@@ -29,6 +30,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 FROM ${PYTHON_IMAGE} AS runtime
 ARG APP
 ARG PORT
+ARG HEALTH_PATH
 # /shared is where compose's provision step leaves each service's generated settings;
 # creating it here gives the volume mounted over it this owner.
 RUN groupadd --system --gid 10001 app \
@@ -39,10 +41,11 @@ COPY --from=builder /app/.venv /app/.venv
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     APP=${APP} \
-    PORT=${PORT}
+    PORT=${PORT} \
+    HEALTH_PATH=${HEALTH_PATH}
 USER 10001:10001
 EXPOSE ${PORT}
 # The slim image has no curl; the standard library is enough for a liveness probe.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"PORT\"]}/healthz', timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"PORT\"]}{os.environ[\"HEALTH_PATH\"]}', timeout=2)"]
 CMD ["sh", "-c", "test -n \"$APP\" && exec uvicorn --factory \"$APP\" --host 0.0.0.0 --port \"$PORT\""]

@@ -57,9 +57,9 @@ def tables() -> MetaData:
     return metadata
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def spans() -> InMemorySpanExporter:
-    """Every span the process finishes, kept in memory (the SDK provider is installed once)."""
+    """Every span the process finishes, kept in memory; installs the SDK provider, as services do."""
     configure_tracing(SERVICE)
     provider = trace.get_tracer_provider()
     assert isinstance(provider, TracerProvider)
@@ -154,7 +154,7 @@ def wire(moto_endpoint: str) -> Callable[..., Wiring]:
 def _client(service: str, endpoint: str):
     return aioboto3.Session().client(
         service, endpoint_url=endpoint, region_name=REGION,
-        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5),
+        config=Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=5),
         **FAKE_AWS)
 
 

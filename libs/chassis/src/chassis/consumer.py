@@ -123,8 +123,7 @@ class Consumer:
                 outcome = "failed"
                 await self._retry_later(message)
             else:
-                await self._sqs.delete_message(QueueUrl=self.queue_url,
-                                               ReceiptHandle=message["ReceiptHandle"])
+                await self._delete(message)
             CONSUMED.labels(self.service, self.name, outcome).inc()
             return outcome
 
@@ -155,6 +154,14 @@ class Consumer:
         CONSUMER_LAG.labels(self.service, self.name).observe(
             max(0.0, (utcnow() - envelope.occurred_at).total_seconds()))
         return "handled"
+
+    async def _delete(self, message: dict[str, Any]) -> None:
+        try:
+            await self._sqs.delete_message(QueueUrl=self.queue_url,
+                                           ReceiptHandle=message["ReceiptHandle"])
+        except Exception:
+            log.warning("could not delete handled message %s; when it returns the inbox makes it "
+                        "a no-op", message.get("MessageId"), exc_info=True)
 
     async def _retry_later(self, message: dict[str, Any]) -> None:
         receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))

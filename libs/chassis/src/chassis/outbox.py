@@ -126,8 +126,12 @@ class OutboxRelay:
             return 0
         done: list[int] = []
         failed: list[int] = []
+        error: Exception | None = None
         for chunk in _chunks(rows):
-            ok, bad = await self._publish_chunk(chunk)
+            try:
+                ok, bad = await self._publish_chunk(chunk)
+            except Exception as exc:  # SNS unreachable or refusing: count the attempt all the same
+                ok, bad, error = [], [r.seq for r in chunk], exc
             done += ok
             failed += bad
             if bad:
@@ -142,7 +146,7 @@ class OutboxRelay:
         OUTBOX_PUBLISHED.labels(self._service).inc(len(done))
         if failed:
             OUTBOX_FAILURES.labels(self._service).inc(len(failed))
-            raise RuntimeError(f"{len(failed)} outbox events not accepted by SNS")
+            raise RuntimeError(f"{len(failed)} outbox events not accepted by SNS") from error
         return len(done)
 
     async def _publish_chunk(self, chunk: list[Any]) -> tuple[list[int], list[int]]:

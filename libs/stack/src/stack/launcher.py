@@ -175,7 +175,7 @@ def up(options: Options) -> int:
         log.error("a launcher already runs on %s (pid %s)", options.data_dir, pid)
         return 1
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_pid_file(launcher_pid, os.getpid(), _own_cmdline())
+    write_pid_file(launcher_pid, os.getpid(), sys.argv)
     reap_stale(run_dir, keep=launcher_pid)
     stack = Stack(options)
     signal.signal(signal.SIGTERM, _raise_shutdown)
@@ -196,11 +196,6 @@ def up(options: Options) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.down()
         launcher_pid.unlink(missing_ok=True)
-
-
-def _own_cmdline() -> list[str]:
-    raw = Path("/proc/self/cmdline").read_bytes()
-    return [part.decode() for part in raw.split(b"\0")[:-1]]
 
 
 def _raise_shutdown(*_: object) -> None:
@@ -238,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     cmd.add_argument("--timeout", type=float, default=90.0, help="seconds to come up")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll
     topology = load_topology(args.topology)
     unknown = set(replicas := parse_replicas(args.replicas)) - {s.name for s in topology.services}
     if unknown:

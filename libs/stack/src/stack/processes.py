@@ -54,18 +54,30 @@ class Child:
 
 def write_pid_file(path: Path, pid: int, argv: Sequence[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"pid": pid, "argv": list(argv)}))
+    path.write_text(json.dumps({"pid": pid, "started": _start_time(pid), "argv": list(argv)}))
+
+
+def _start_time(pid: int) -> str | None:
+    """When the process started, in clock ticks since boot: with the pid, it names one process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def recorded_process(path: Path) -> int | None:
-    """The pid in a pid file if that process still runs the recorded command (pids get reused)."""
+    """The pid in a pid file if that very process still runs (pids get reused).
+
+    The start time identifies it, not the command line: nginx and redis rewrite theirs.
+    """
     try:
         record = json.loads(path.read_text())
-        cmdline = Path(f"/proc/{record['pid']}/cmdline").read_bytes()
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError):
         return None
-    running = [part.decode(errors="replace") for part in cmdline.split(b"\0")[:-1]]
-    return record["pid"] if running == record["argv"] else None
+    pid = record.get("pid")
+    if not isinstance(pid, int) or not _alive(pid) or _start_time(pid) != record.get("started"):
+        return None
+    return pid
 
 
 def reap_stale(run_dir: Path, keep: Path) -> None:

@@ -1,0 +1,153 @@
+"""The outbox publishes exactly the committed events, in order per aggregate, through outages."""
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import defaultdict
+
+import pytest
+
+from chassis.outbox import Lease, OutboxRelay, add_event
+from chassis.testing import receive_messages
+from chassis.tracing import tracer
+
+SERVICE = "chassis-tests"
+
+
+class Boom(Exception):
+    pass
+
+
+def _relay(db, sns, topic_arn: str, **kwargs) -> OutboxRelay:
+    return OutboxRelay(service=SERVICE, db=db.database, metadata=db.metadata, sns=sns,
+                       topic_arn=topic_arn, **kwargs)
+
+
+async def _stage(db, *envelopes) -> None:
+    async with db.database.transaction() as session:
+        for envelope in envelopes:
+            await add_event(session, db.table("outbox"), envelope)
+
+
+async def _publish_all(relay: OutboxRelay) -> int:
+    total = 0
+    while published := await relay.publish_pending():
+        total += published
+    return total
+
+
+def _bodies(messages: list[dict]) -> list[dict]:
+    return [json.loads(m["Body"]) for m in messages]
+
+
+async def test_events_of_a_rolled_back_transaction_are_never_published(db, wire, sns, sqs, thing):
+    wiring = wire()
+    woken: list[str] = []
+    db.database.on_events_committed.append(lambda: woken.append("woken"))
+    with pytest.raises(Boom):
+        async with db.database.transaction() as session:
+            await add_event(session, db.table("outbox"), thing(1, note="rolled back"))
+            raise Boom
+    assert woken == []
+    committed = thing(2, note="committed")
+    await _stage(db, committed)
+    assert woken == ["woken"]
+    assert await _publish_all(_relay(db, sns, wiring.topic_arn)) == 1
+    assert [b["id"] for b in _bodies(await receive_messages(sqs, wiring.queue_url))] == [
+        committed.id]
+
+
+async def test_a_committed_event_is_published_with_its_type_and_trace(db, wire, sns, sqs, thing):
+    wiring = wire()
+    with tracer().start_as_current_span("request"):
+        event = thing(1)
+    assert event.trace["traceparent"]
+    await _stage(db, event)
+    await _publish_all(_relay(db, sns, wiring.topic_arn))
+    (message,) = await receive_messages(sqs, wiring.queue_url)
+    attributes = {k: v["StringValue"] for k, v in message["MessageAttributes"].items()}
+    assert attributes["event_type"] == "test.thing-happened"
+    assert attributes["traceparent"] == event.trace["traceparent"]
+    assert json.loads(message["Body"]) == event.model_dump(mode="json")
+    outbox = db.table("outbox")
+    assert await db.count("outbox", outbox.c.published_at.is_not(None)) == 1
+
+
+def _interleaved(thing, aggregates: int = 3, each: int = 4):
+    return [thing(n, subject=f"agg-{a}") for n in range(each) for a in range(aggregates)]
+
+
+async def test_while_sns_is_unreachable_events_stay_pending_and_attempts_are_counted(
+        db, dead_sns, thing):
+    await _stage(db, *_interleaved(thing))
+    relay = _relay(db, dead_sns, "arn:aws:sns:us-east-1:123456789012:unreachable")
+    for _ in range(2):
+        with pytest.raises(Exception):  # noqa: B017 (whatever the client raises)
+            await relay.publish_pending()
+    outbox = db.table("outbox")
+    assert await db.count("outbox", outbox.c.published_at.is_(None)) == 12
+    assert await db.count("outbox", outbox.c.attempts == 2) >= 1
+    assert await db.count("outbox", outbox.c.attempts > 2) == 0
+
+
+async def test_after_an_outage_every_event_is_published_in_order_per_aggregate(
+        db, wire, sns, dead_sns, sqs, thing):
+    wiring = wire()
+    events = _interleaved(thing)
+    await _stage(db, *events)
+    with pytest.raises(Exception):  # noqa: B017 (whatever the client raises)
+        await _relay(db, dead_sns, wiring.topic_arn).publish_pending()
+    assert await _publish_all(_relay(db, sns, wiring.topic_arn, batch_size=5)) == len(events)
+    received: dict[str, list[int]] = defaultdict(list)
+    for body in _bodies(await receive_messages(sqs, wiring.queue_url)):
+        received[body["subject"]].append(body["data"]["n"])
+    assert received == {f"agg-{a}": [0, 1, 2, 3] for a in range(3)}
+    outbox = db.table("outbox")
+    assert await db.count("outbox", outbox.c.published_at.is_(None)) == 0
+
+
+async def test_a_lease_has_one_holder_until_released(db):
+    first, second = Lease(db.database, db.metadata, "job"), Lease(db.database, db.metadata, "job")
+    assert await first.acquire()
+    assert not await second.acquire()
+    assert await first.acquire(), "the holder renews its own lease"
+    await first.release()
+    assert await second.acquire()
+    assert not await first.acquire()
+
+
+async def test_a_lease_whose_holder_stopped_renewing_is_taken_over(db):
+    lapsed = Lease(db.database, db.metadata, "job", ttl_s=-1)  # expired as soon as taken
+    assert await lapsed.acquire()
+    assert await Lease(db.database, db.metadata, "job").acquire()
+
+
+@contextlib.asynccontextmanager
+async def _running(*relays: OutboxRelay):
+    tasks = [asyncio.create_task(relay.run()) for relay in relays]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _until_published(db, expected: int) -> None:
+    outbox = db.table("outbox")
+    deadline = time.monotonic() + 15
+    while await db.count("outbox", outbox.c.published_at.is_not(None)) < expected:
+        assert time.monotonic() < deadline, "relay did not publish in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_of_two_relays_only_the_lease_holder_publishes(db, wire, sns, sqs, thing):
+    left, right = wire(), wire()
+    relays = [_relay(db, sns, w.topic_arn, poll_interval_s=0.05) for w in (left, right)]
+    async with _running(*relays):
+        for n in range(6):
+            await _stage(db, thing(n, subject=f"agg-{n % 2}"))
+        await _until_published(db, 6)
+    counts = sorted([len(await receive_messages(sqs, w.queue_url, wait_s=1)) for w in (left, right)])
+    assert counts == [0, 6]

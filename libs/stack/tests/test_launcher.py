@@ -1,0 +1,132 @@
+"""The launcher with a stand-in service: it comes up, balances, supervises and stops cleanly."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from stack.testing import running_stack
+
+FAKE_SERVICE = '''
+"""A chassis service that says which process answered."""
+import os
+from fastapi import APIRouter
+from sqlalchemy import MetaData
+from chassis.app import ServiceSpec, create_app
+from chassis.settings import ServiceSettings
+
+router = APIRouter()
+
+@router.get("/api/fake/whoami")
+async def whoami() -> dict:
+    return {"pid": os.getpid(), "database": os.environ["DATABASE_URL"]}
+
+def build_app():
+    return create_app(ServiceSettings(), ServiceSpec(name="fake", metadata=MetaData(),
+                                                     routers=[router]))
+'''
+
+FAKE_TOPOLOGY = '''
+from stack.topology import Service, Topology, UserPool
+
+TOPOLOGY = Topology(services=(Service(name="fake", port=0, routes=("/api/fake/",),
+                                      publishes=False),),
+                    user_pool=UserPool(name="fake-users", client="fake-web"))
+'''
+
+
+@pytest.fixture
+def fake_env(tmp_path: Path) -> dict[str, str]:
+    """PYTHONPATH with a `fake` service and a topology that has only it."""
+    code = tmp_path / "code"
+    (code / "fake_svc").mkdir(parents=True)
+    (code / "fake_svc" / "__init__.py").write_text("")
+    (code / "fake_svc" / "main.py").write_text(textwrap.dedent(FAKE_SERVICE))
+    (code / "fake_topology.py").write_text(textwrap.dedent(FAKE_TOPOLOGY))
+    path = os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path}
+
+
+FAKE_ARGS = ("--topology", "fake_topology:TOPOLOGY")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_replicas_share_the_traffic_and_sigterm_stops_everything(tmp_path: Path,
+                                                                 fake_env: dict) -> None:
+    data = tmp_path / "data"
+    with running_stack(data, *FAKE_ARGS, "--replicas", "fake=2", env=fake_env) as stack:
+        health = httpx.get(f"{stack.url}/api/health").json()
+        answers = [httpx.get(f"{stack.url}/api/fake/whoami").json() for _ in range(6)]
+        children = stack.child_pids()
+
+        assert health == {"status": "ok", "services": {"fake": "ok"}}
+        assert len({a["pid"] for a in answers}) == 2
+        assert {a["database"] for a in answers} == {f"sqlite+aiosqlite:///{data / 'fake.db'}"}
+        assert set(children) == {"moto", "redis", "fake", "fake-2", "health", "gateway"}
+
+        assert stack.stop(signal.SIGTERM) == 0
+    assert not any(alive(pid) for pid in children.values())
+    assert (data / "moto.state").stat().st_size > 0
+    assert list((data / "run").glob("*.pid")) == []
+    assert {p.name for p in (data / "logs").iterdir()} >= {"moto.log", "fake.log", "gateway.log"}
+
+
+def test_a_child_that_dies_takes_the_stack_down_with_an_error(tmp_path: Path,
+                                                              fake_env: dict) -> None:
+    with running_stack(tmp_path / "data", *FAKE_ARGS, env=fake_env) as stack:
+        children = stack.child_pids()
+        os.kill(children["fake"], signal.SIGKILL)
+
+        assert stack.proc.wait(timeout=60) == 1
+    assert "fake exited with code -9" in stack.log()
+    assert not any(alive(pid) for pid in children.values())
+
+
+def test_a_killed_launcher_leaves_nothing_in_the_way_of_the_next(tmp_path: Path,
+                                                                 fake_env: dict) -> None:
+    data = tmp_path / "data"
+    with running_stack(data, *FAKE_ARGS, env=fake_env) as first:
+        orphans = first.child_pids()
+        first.stop(signal.SIGKILL)  # its children run on, in their own sessions
+    assert all(alive(pid) for pid in orphans.values())
+
+    with running_stack(data, *FAKE_ARGS, env=fake_env) as second:
+        assert httpx.get(f"{second.url}/api/fake/whoami").status_code == 200
+        assert not any(alive(pid) for pid in orphans.values())
+
+
+def test_missing_binaries_are_named_with_the_way_to_get_them(tmp_path: Path,
+                                                             fake_env: dict) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "stack.launcher", "up", "--data-dir", str(tmp_path), *FAKE_ARGS],
+        env={**os.environ, **fake_env, "PATH": str(tmp_path)}, capture_output=True, text=True,
+        timeout=60)
+
+    assert result.returncode == 1
+    assert "redis-server" in result.stderr and "make up" in result.stderr
+
+
+def test_a_second_launcher_on_the_same_data_dir_is_refused(tmp_path: Path,
+                                                           fake_env: dict) -> None:
+    with running_stack(tmp_path / "data", *FAKE_ARGS, env=fake_env):
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "stack.launcher", "up", "--data-dir", str(tmp_path / "data"),
+             *FAKE_ARGS], env={**os.environ, **fake_env}, capture_output=True, text=True,
+            timeout=60)
+
+        assert result.returncode == 1
+        assert "already runs" in result.stderr
+        assert time.monotonic() - started < 30

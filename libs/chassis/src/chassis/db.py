@@ -1,5 +1,7 @@
 """The service's own database: engine, sessions, UTC times, and the messaging tables."""
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -8,10 +10,25 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import (
-    JSON, BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, event, text,
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    event,
+    text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.types import TypeDecorator
 
 NAMING = {
@@ -97,6 +114,9 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self.on_events_committed: list[Callable[[], None]] = []
+        # SQLite has one writer at a time; queueing writers here is far cheaper than letting
+        # them meet in SQLite's busy handler, which sleeps up to 100 ms per retry.
+        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
 
     async def create_all(self, metadata: MetaData) -> None:
         async with self.engine.begin() as conn:
@@ -109,7 +129,10 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session whose work commits together at the end of the block, or not at all."""
-        async with self.sessions() as session:
+        async with contextlib.AsyncExitStack() as stack:
+            if self._write_lock is not None:
+                await stack.enter_async_context(self._write_lock)
+            session = await stack.enter_async_context(self.sessions())
             async with session.begin():
                 yield session
             if session.info.pop("outbox_dirty", False):

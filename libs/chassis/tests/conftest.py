@@ -9,22 +9,26 @@ from typing import Any
 import aioboto3
 import pytest
 from botocore.config import Config
+from chassis.app import ServiceSpec, create_app
+from chassis.consumer import Handler
+from chassis.db import Database, new_metadata
+from chassis.events import Envelope, EventData, event_type, new_event
+from chassis.settings import ServiceSettings
+from chassis.testing import (
+    FAKE_AWS,
+    REGION,
+    CognitoPool,
+    aws_client,
+    free_port,
+    serve_in_process,
+)
+from chassis.tracing import configure_tracing
+from fastapi import APIRouter
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
-
-from fastapi import APIRouter
-
-from chassis.app import ServiceSpec, create_app
-from chassis.db import Database, new_metadata
-from chassis.events import Envelope, EventData, event_type, new_event
-from chassis.settings import ServiceSettings
-from chassis.testing import (
-    FAKE_AWS, REGION, CognitoPool, aws_client, free_port, serve_in_process,
-)
-from chassis.tracing import configure_tracing
 
 SERVICE = "chassis-tests"
 
@@ -48,7 +52,8 @@ def thing() -> Callable[..., Envelope]:
     return make
 
 
-def tables() -> MetaData:
+@pytest.fixture
+def metadata() -> MetaData:
     """The chassis tables plus `effects`, where test handlers record what they did."""
     metadata = new_metadata()
     Table("effects", metadata,
@@ -59,7 +64,7 @@ def tables() -> MetaData:
 
 @pytest.fixture(scope="session", autouse=True)
 def spans() -> InMemorySpanExporter:
-    """Every span the process finishes, kept in memory; installs the SDK provider, as services do."""
+    """Every finished span, kept in memory; installs the SDK provider as services do."""
     configure_tracing(SERVICE)
     provider = trace.get_tracer_provider()
     assert isinstance(provider, TracerProvider)
@@ -75,7 +80,7 @@ def sqlite_url(tmp_path) -> str:
 
 
 @dataclass
-class TestDatabase:
+class FreshDatabase:
     """A fresh database with the chassis tables and `effects`."""
 
     database: Database
@@ -92,25 +97,26 @@ class TestDatabase:
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[TestDatabase]:
+async def db(database_url: str, metadata: MetaData) -> AsyncIterator[FreshDatabase]:
     """A fresh database on each backend with the chassis tables and `effects` created."""
-    metadata = tables()
     database = Database(database_url)
     await database.create_all(metadata)
-    yield TestDatabase(database, metadata)
+    yield FreshDatabase(database, metadata)
     await database.dispose()
 
 
 @pytest.fixture
-def serve(cognito: CognitoPool, sqlite_url: str, spans: InMemorySpanExporter):
+def serve(cognito: CognitoPool, sqlite_url: str, metadata: MetaData):
     """Start a test service (its routers, settings overrides) in-process; yields an httpx client.
 
     The service reads tokens of the moto `cognito` pool and keeps its tables in SQLite.
     """
 
-    def start(*routers: APIRouter, **settings: Any):
+    def start(*routers: APIRouter, consumers: dict[str, dict[str, Handler]] | None = None,
+              **settings: Any):
         values = {"service_name": SERVICE, "database_url": sqlite_url, **cognito.env(), **settings}
-        spec = ServiceSpec(name=SERVICE, metadata=tables(), routers=list(routers))
+        spec = ServiceSpec(name=SERVICE, metadata=metadata, routers=list(routers),
+                           consumers=consumers or {})
         return serve_in_process(create_app(ServiceSettings(**values), spec))
 
     return start

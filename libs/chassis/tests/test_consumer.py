@@ -1,16 +1,13 @@
 """The consumer handles each event exactly once, through duplicates, crashes and poison."""
 
 import asyncio
-import contextlib
 import json
-import time
 
 import pytest
-from sqlalchemy import insert
-
 from chassis.consumer import Consumer, redrive
-from chassis.testing import receive_messages
+from chassis.testing import receive_messages, running, wait_until
 from chassis.tracing import current_ids, tracer
+from sqlalchemy import insert
 
 SERVICE = "chassis-tests"
 THING = "test.thing-happened"
@@ -53,6 +50,15 @@ async def _one(sqs, queue_url: str, wait_s: int = 3) -> dict:
     return message
 
 
+async def _depth(sqs, queue_url: str) -> int:
+    """Messages on the queue, visible or in flight (deleted ones are gone)."""
+    attributes = (await sqs.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    ))["Attributes"]
+    return sum(int(v) for v in attributes.values())
+
+
 @pytest.mark.parametrize("raw", [True, False], ids=["raw", "sns-envelope"])
 async def test_an_event_is_handled_once_and_deleted(db, wire, sns, sqs, thing, handled, raw):
     wiring = wire(raw=raw)
@@ -62,7 +68,7 @@ async def test_an_event_is_handled_once_and_deleted(db, wire, sns, sqs, thing, h
     assert await consumer.handle(await _one(sqs, wiring.queue_url)) == "handled"
     assert handled.calls == [event.id]
     assert await db.count("effects") == 1 and await db.count("inbox") == 1
-    assert await receive_messages(sqs, wiring.queue_url, wait_s=2) == []
+    assert await _depth(sqs, wiring.queue_url) == 0, "the message was not deleted"
 
 
 async def test_a_duplicate_delivery_changes_nothing(db, wire, sqs, thing, handled):
@@ -74,7 +80,7 @@ async def test_a_duplicate_delivery_changes_nothing(db, wire, sqs, thing, handle
     messages = await receive_messages(sqs, wiring.queue_url, delete=False)
     assert [await consumer.handle(m) for m in messages] == ["handled", "duplicate"]
     assert await db.count("effects") == 1
-    assert await receive_messages(sqs, wiring.queue_url, wait_s=2) == []
+    assert await _depth(sqs, wiring.queue_url) == 0, "the message was not deleted"
 
 
 async def test_a_handler_failing_after_writing_commits_nothing_and_the_retry_succeeds(
@@ -92,7 +98,7 @@ async def test_a_handler_failing_after_writing_commits_nothing_and_the_retry_suc
     assert await db.count("effects") == 0 and await db.count("inbox") == 0
     assert await consumer.handle(await _one(sqs, wiring.queue_url)) == "handled"
     assert await db.count("effects") == 1
-    assert await receive_messages(sqs, wiring.queue_url, wait_s=2) == []
+    assert await _depth(sqs, wiring.queue_url) == 0, "the message was not deleted"
 
 
 async def test_a_message_whose_handling_is_killed_midway_returns_and_is_handled_once(
@@ -128,7 +134,7 @@ async def test_a_message_handled_but_not_deleted_is_a_no_op_when_it_returns(
     consumer = _consumer(db, sqs, wiring.queue_url, handled)
     assert await consumer.handle(await _one(sqs, wiring.queue_url)) == "duplicate"
     assert await db.count("effects") == 1
-    assert await receive_messages(sqs, wiring.queue_url, wait_s=2) == []
+    assert await _depth(sqs, wiring.queue_url) == 0, "the message was not deleted"
 
 
 async def test_an_event_nobody_handles_is_acknowledged_without_side_effects(
@@ -139,32 +145,7 @@ async def test_an_event_nobody_handles_is_acknowledged_without_side_effects(
     consumer = _consumer(db, sqs, wiring.queue_url, handled)
     assert await consumer.handle(await _one(sqs, wiring.queue_url)) == "ignored"
     assert await db.count("effects") == 0
-    assert await receive_messages(sqs, wiring.queue_url, wait_s=2) == []
-
-
-@contextlib.asynccontextmanager
-async def _running(consumer: Consumer):
-    task = asyncio.create_task(consumer.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-async def _depth(sqs, queue_url: str) -> int:
-    attributes = (await sqs.get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    ))["Attributes"]
-    return sum(int(v) for v in attributes.values())
-
-
-async def _until_depth(sqs, queue_url: str, expected: int) -> None:
-    deadline = time.monotonic() + 30
-    while await _depth(sqs, queue_url) < expected:
-        assert time.monotonic() < deadline, "messages did not reach the queue in time"
-        await asyncio.sleep(0.1)
+    assert await _depth(sqs, wiring.queue_url) == 0, "the message was not deleted"
 
 
 async def test_poison_messages_reach_the_dlq_after_five_receives_and_redrive_back(
@@ -179,8 +160,11 @@ async def test_poison_messages_reach_the_dlq_after_five_receives_and_redrive_bac
     poison = ["not json", json.dumps({"hello": "world"}), thing(1).model_dump_json()]
     for body in poison:
         await sqs.send_message(QueueUrl=wiring.queue_url, MessageBody=body)
-    async with _running(_consumer(db, sqs, wiring.queue_url, always_fails)):
-        await _until_depth(sqs, wiring.dlq_url, len(poison))
+    async def all_dead_lettered() -> bool:
+        return await _depth(sqs, wiring.dlq_url) == len(poison)
+
+    async with running(_consumer(db, sqs, wiring.queue_url, always_fails).run()):
+        await wait_until(all_dead_lettered, "every poison message reached the DLQ", 30)
     assert len(calls) == 5
     assert await _depth(sqs, wiring.queue_url) == 0
     assert await redrive(sqs, dlq_url=wiring.dlq_url, queue_url=wiring.queue_url) == 3

@@ -1,12 +1,17 @@
 """The envelope survives the wire, and the event catalog is a valid contract for consumers."""
 
 import pytest
+from chassis.events import (
+    CATALOG,
+    Envelope,
+    EventData,
+    catalog_schema,
+    event_type,
+    new_event,
+    parse_data,
+)
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ValidationError
-
-from chassis.events import (
-    CATALOG, Envelope, EventData, catalog_schema, event_type, new_event, parse_data,
-)
 
 PRODUCER = "chassis-events-tests"
 

@@ -1,10 +1,8 @@
 """The test fixtures start real servers that answer."""
 
 import redis.asyncio as redis
-from sqlalchemy import text
-
 from chassis.db import Database
-from chassis.testing import aws_client
+from sqlalchemy import text
 
 
 async def test_each_database_backend_answers(database_url):

@@ -1,8 +1,6 @@
 """Every service answers /healthz, /readyz and /metrics without any code of its own."""
 
-import asyncio
-import time
-
+from chassis.testing import wait_until
 from fastapi import APIRouter
 
 router = APIRouter()
@@ -29,21 +27,18 @@ async def test_readyz_checks_the_database_and_the_background_loops(serve, wire, 
     assert response.json()["checks"] == {"database": "ok", "outbox-relay": "ok"}
 
 
-async def _metrics_once_relay_reported(client) -> str:
-    deadline = time.monotonic() + 10
-    while True:
-        text = (await client.get("/metrics")).text
-        if 'outbox_lag_seconds{service="chassis-tests"}' in text or time.monotonic() > deadline:
-            return text
-        await asyncio.sleep(0.05)
-
-
 async def test_metrics_expose_request_latency_and_outbox_lag(serve, wire, moto_endpoint):
     topic = wire().topic_arn
     async with serve(router, events_topic_arn=topic, aws_endpoint_url=moto_endpoint) as client:
         assert (await client.get("/ping")).status_code == 200
         response = await client.get("/metrics")
-        text = await _metrics_once_relay_reported(client)
+
+        async def relay_reported() -> bool:
+            return 'outbox_lag_seconds{service="chassis-tests"}' in (
+                await client.get("/metrics")).text
+
+        await wait_until(relay_reported, "the relay reported its lag")
+        text = (await client.get("/metrics")).text
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert ('http_request_duration_seconds_count{method="GET",route="/ping",'

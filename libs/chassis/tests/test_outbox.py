@@ -1,15 +1,11 @@
 """The outbox publishes exactly the committed events, in order per aggregate, through outages."""
 
-import asyncio
-import contextlib
 import json
-import time
 from collections import defaultdict
 
 import pytest
-
 from chassis.outbox import Lease, OutboxRelay, add_event
-from chassis.testing import receive_messages
+from chassis.testing import receive_messages, running, wait_until
 from chassis.tracing import tracer
 
 SERVICE = "chassis-tests"
@@ -123,31 +119,17 @@ async def test_a_lease_whose_holder_stopped_renewing_is_taken_over(db):
     assert await Lease(db.database, db.metadata, "job").acquire()
 
 
-@contextlib.asynccontextmanager
-async def _running(*relays: OutboxRelay):
-    tasks = [asyncio.create_task(relay.run()) for relay in relays]
-    try:
-        yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _until_published(db, expected: int) -> None:
-    outbox = db.table("outbox")
-    deadline = time.monotonic() + 15
-    while await db.count("outbox", outbox.c.published_at.is_not(None)) < expected:
-        assert time.monotonic() < deadline, "relay did not publish in time"
-        await asyncio.sleep(0.05)
-
-
 async def test_of_two_relays_only_the_lease_holder_publishes(db, wire, sns, sqs, thing):
     left, right = wire(), wire()
     relays = [_relay(db, sns, w.topic_arn, poll_interval_s=0.05) for w in (left, right)]
-    async with _running(*relays):
+    outbox = db.table("outbox")
+
+    async def all_published() -> bool:
+        return await db.count("outbox", outbox.c.published_at.is_not(None)) == 6
+
+    async with running(*(relay.run() for relay in relays)):
         for n in range(6):
             await _stage(db, thing(n, subject=f"agg-{n % 2}"))
-        await _until_published(db, 6)
-    counts = sorted([len(await receive_messages(sqs, w.queue_url, wait_s=1)) for w in (left, right)])
-    assert counts == [0, 6]
+        await wait_until(all_published, "the relays published all six events")
+    received = [await receive_messages(sqs, w.queue_url, wait_s=1) for w in (left, right)]
+    assert sorted(len(messages) for messages in received) == [0, 6]

@@ -100,11 +100,16 @@ def test_a_killed_launcher_leaves_nothing_in_the_way_of_the_next(tmp_path: Path,
     with running_stack(data, *FAKE_ARGS, env=fake_env) as first:
         orphans = first.child_pids()
         first.stop(signal.SIGKILL)  # its children run on, in their own sessions
-    assert all(alive(pid) for pid in orphans.values())
+    try:
+        assert all(alive(pid) for pid in orphans.values())
 
-    with running_stack(data, *FAKE_ARGS, env=fake_env) as second:
-        assert httpx.get(f"{second.url}/api/fake/whoami").status_code == 200
-        assert not any(alive(pid) for pid in orphans.values())
+        with running_stack(data, *FAKE_ARGS, env=fake_env) as second:
+            assert httpx.get(f"{second.url}/api/fake/whoami").status_code == 200
+            assert not any(alive(pid) for pid in orphans.values())
+    finally:
+        for pid in orphans.values():  # should the launcher fail to, leave no process behind
+            if alive(pid):
+                os.killpg(pid, signal.SIGKILL)
 
 
 def test_missing_binaries_are_named_with_the_way_to_get_them(tmp_path: Path,

@@ -14,16 +14,21 @@ from stack.provision import provision
 from stack.topology import TOPOLOGY
 
 
+def start_moto(state: Path, save_interval: float) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "stack.motoserver", "--port", str(port),
+                             "--state", str(state), "--save-interval", str(save_interval)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for_port(port)
+    return proc, f"http://127.0.0.1:{port}"
+
+
 @contextmanager
 def moto_server(state: Path) -> Iterator[str]:
     """The server as its own process; leaving the block stops it with SIGTERM, like the launcher."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "stack.motoserver", "--port", str(port),
-                             "--state", str(state), "--save-interval", "0.5"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc, endpoint = start_moto(state, save_interval=0.5)
     try:
-        wait_for_port(port)
-        yield f"http://127.0.0.1:{port}"
+        yield endpoint
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=20)
@@ -74,19 +79,15 @@ def test_users_queues_and_messages_survive_a_restart(tmp_path: Path) -> None:
 
 def test_periodic_save_keeps_state_when_the_process_is_killed(tmp_path: Path) -> None:
     state = tmp_path / "moto.state"
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "stack.motoserver", "--port", str(port),
-                             "--state", str(state), "--save-interval", "0.2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, endpoint = start_moto(state, save_interval=0.2)
     try:
-        wait_for_port(port)
-        client("sqs", f"http://127.0.0.1:{port}").create_queue(QueueName="saved-in-passing")
+        client("sqs", endpoint).create_queue(QueueName="saved-in-passing")
         deadline = time.monotonic() + 10
         while not state.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
-        proc.kill()
-        proc.wait()
+        proc.kill()  # no chance to save on the way out
+        proc.communicate()
 
     with moto_server(state) as endpoint:
         assert client("sqs", endpoint).get_queue_url(QueueName="saved-in-passing")["QueueUrl"]

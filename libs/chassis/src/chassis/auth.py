@@ -57,7 +57,8 @@ class JWKSCache:
             return
         fresh = {}
         for entry in keys:
-            if entry.get("kty") == "RSA" and entry.get("kid") and entry.get("alg", "RS256") == "RS256":
+            rsa = entry.get("kty") == "RSA" and entry.get("alg", "RS256") == "RS256"
+            if rsa and entry.get("kid"):
                 fresh[entry["kid"]] = jwk.construct(entry, "RS256")
         if fresh:
             self._keys = fresh

@@ -39,7 +39,8 @@ def unwrap(message: dict[str, Any]) -> Delivery:
     if not isinstance(body, dict):
         raise ValueError("message body is not a JSON object")
     if body.get("Type") == "Notification" and "Message" in body:
-        attributes = {k: v.get("Value", "") for k, v in (body.get("MessageAttributes") or {}).items()}
+        attributes = {k: v.get("Value", "")
+                      for k, v in (body.get("MessageAttributes") or {}).items()}
         inner = json.loads(body["Message"])
         if not isinstance(inner, dict):
             raise ValueError("SNS message is not a JSON object")
@@ -179,14 +180,17 @@ class Consumer:
         attrs = (await self._sqs.get_queue_attributes(
             QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessages", "RedrivePolicy"]
         ))["Attributes"]
-        QUEUE_DEPTH.labels(self.service, self.name).set(int(attrs.get("ApproximateNumberOfMessages", 0)))
+        QUEUE_DEPTH.labels(self.service, self.name).set(
+            int(attrs.get("ApproximateNumberOfMessages", 0)))
         policy = json.loads(attrs.get("RedrivePolicy", "{}"))
         dlq_arn = policy.get("deadLetterTargetArn")
         if dlq_arn:
-            dlq_url = (await self._sqs.get_queue_url(QueueName=dlq_arn.rsplit(":", 1)[1]))["QueueUrl"]
+            dlq_name = dlq_arn.rsplit(":", 1)[1]
+            dlq_url = (await self._sqs.get_queue_url(QueueName=dlq_name))["QueueUrl"]
             dlq = (await self._sqs.get_queue_attributes(
                 QueueUrl=dlq_url, AttributeNames=["ApproximateNumberOfMessages"]))["Attributes"]
-            DLQ_DEPTH.labels(self.service, self.name).set(int(dlq.get("ApproximateNumberOfMessages", 0)))
+            DLQ_DEPTH.labels(self.service, self.name).set(
+                int(dlq.get("ApproximateNumberOfMessages", 0)))
 
 
 async def redrive(sqs: Any, *, dlq_url: str, queue_url: str, limit: int = 10_000) -> int:

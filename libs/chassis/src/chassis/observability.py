@@ -15,7 +15,8 @@ from .problems import Problem, problem_response
 from .tracing import current_ids, span_from
 
 HTTP_LATENCY = Histogram(
-    "http_request_duration_seconds", "HTTP request latency", ["service", "method", "route", "status"],
+    "http_request_duration_seconds", "HTTP request latency",
+    ["service", "method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 OUTBOX_PENDING = Gauge("outbox_pending_events", "Outbox rows not yet published", ["service"])

@@ -1,6 +1,7 @@
 """Transactional outbox: events are rows written with the change; the relay alone publishes them."""
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -107,10 +108,8 @@ class OutboxRelay:
                 backoff = min(backoff * 2, 30.0)
             if published == 0:
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=backoff)
-                except TimeoutError:
-                    pass
 
     async def publish_pending(self) -> int:
         """One pass: publish up to a batch of pending rows; returns how many were published."""

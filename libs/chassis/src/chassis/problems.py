@@ -52,7 +52,8 @@ class Problem(Exception):
         self.extra = extra
 
     def body(self, instance: str | None = None) -> dict[str, Any]:
-        body = {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail}
+        body = {"type": self.type, "title": self.title, "status": self.status,
+                "detail": self.detail}
         if instance:
             body["instance"] = instance
         body.update(self.extra)

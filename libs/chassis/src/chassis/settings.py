@@ -45,7 +45,8 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _database_url_set(cls, value: str) -> str:
         if not value:
-            raise ValueError("DATABASE_URL must be set (sqlite+aiosqlite:///... or postgresql+asyncpg://...)")
+            raise ValueError(
+                "DATABASE_URL must be set (sqlite+aiosqlite:///... or postgresql+asyncpg://...)")
         return value
 
     def aws_client_kwargs(self) -> dict[str, str]:

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,9 +72,9 @@ def run_sync(coro: Coroutine[Any, Any, Any]) -> Any:
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """A real moto server (SNS, SQS, S3, Cognito) on a free port."""
-    from moto.server import ThreadedMotoServer
-
     import logging
+
+    from moto.server import ThreadedMotoServer
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": REGION}.items():
@@ -221,7 +221,8 @@ class PostgresServer:
 
 
 def _start_private_postgres() -> tuple[str, tuple[Path, str]]:
-    bindir = next((p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
+    bindirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    bindir = bindirs[0] if bindirs else None
     if bindir is None:
         pytest.fail("no PostgreSQL server answers and none is installed (make test installs one)")
     data = Path(tempfile.mkdtemp(prefix="asyncsns-pg-"))
@@ -273,9 +274,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 async def serve_in_process(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """Run the app's lifespan and talk to it in-process; a 500 comes back as a response."""
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
-            yield client
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://service") as client,
+    ):
+        yield client
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -303,3 +306,25 @@ async def receive_messages(sqs: Any, queue_url: str, *, wait_s: int = 2,
         if delete:
             for message in batch:
                 await sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], what: str,
+                     timeout_s: float = 15.0) -> None:
+    """Poll `condition` until it holds; fail the test naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f}s waiting until {what}")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running(*loops: Coroutine[Any, Any, Any]) -> AsyncIterator[None]:
+    """Run background loops (a relay's or consumer's `run()`) for the block, then cancel them."""
+    tasks = [asyncio.create_task(loop) for loop in loops]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

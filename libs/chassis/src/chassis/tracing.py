@@ -15,7 +15,8 @@ def configure_tracing(service_name: str) -> None:
     global _configured
     if _configured:
         return
-    trace.set_tracer_provider(TracerProvider(resource=Resource.create({"service.name": service_name})))
+    resource = Resource.create({"service.name": service_name})
+    trace.set_tracer_provider(TracerProvider(resource=resource))
     _configured = True
 
 

@@ -6,9 +6,10 @@ import pwd
 import shutil
 from pathlib import Path
 
+from chassis.problems import PROBLEM_BASE
+
 from .topology import TOPOLOGY, Topology
 
-PROBLEM_BASE = "https://asyncsns.dev/problems/"
 GATEWAY_PROBLEMS = {
     400: ("Bad Request", "the gateway could not read the request"),
     404: ("Not Found", "no service answers this path"),

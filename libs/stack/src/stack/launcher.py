@@ -2,31 +2,16 @@
 
 import argparse
 import importlib
-import json
 import logging
 import os
 import shutil
 import signal
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from .gateway import nginx_binary, prepare_local
-from .processes import (
-    Child,
-    StartupFailed,
-    answers_ok,
-    free_port,
-    listens,
-    port_in_use,
-    reap_stale,
-    recorded_process,
-    stop,
-    wait_until,
-    write_pid_file,
-)
-from .provision import provision, service_env
+from .gateway import nginx_binary
+from .local import Options, Stack
+from .processes import StartupFailed, port_in_use, reap_stale, recorded_process, write_pid_file
 from .topology import Topology
 
 log = logging.getLogger("stack.launcher")
@@ -34,119 +19,6 @@ log = logging.getLogger("stack.launcher")
 
 class Shutdown(Exception):
     """SIGTERM arrived: stop like Ctrl-C does."""
-
-
-@dataclass(frozen=True)
-class Options:
-    host: str
-    port: int
-    data_dir: Path
-    replicas: dict[str, int]
-    base_port: int
-    topology: Topology
-    timeout_s: float
-
-
-class Stack:
-    """The processes of one `up`, in the order they start (and stop in reverse)."""
-
-    def __init__(self, options: Options) -> None:
-        self.options = options
-        self.data = options.data_dir.resolve()
-        self.infra: list[Child] = []
-        self.services: list[Child] = []
-        self.front: list[Child] = []
-
-    def child(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
-        return Child(name, argv, {**os.environ, **(env or {})}, self.data / "logs" / f"{name}.log",
-                     self.data / "run" / f"{name}.pid")
-
-    def up(self) -> str:
-        """Start everything; returns the URL once /api/health says ok."""
-        opts, deadline = self.options, time.monotonic() + self.options.timeout_s
-        moto_port, redis_port = free_port(), free_port()
-        endpoint = f"http://127.0.0.1:{moto_port}"
-        moto = self.child("moto", [sys.executable, "-m", "stack.motoserver", "--port",
-                                   str(moto_port), "--state", str(self.data / "moto.state")],
-                          {"MOTO_COGNITO_IDP_USER_POOL_ID_STRATEGY": "HASH"})
-        (self.data / "redis").mkdir(parents=True, exist_ok=True)
-        redis = self.child("redis", [shutil.which("redis-server") or "redis-server",
-                                     "--port", str(redis_port), "--bind", "127.0.0.1",
-                                     "--dir", str(self.data / "redis"), "--save", "60 1",
-                                     "--appendonly", "no", "--daemonize", "no"])
-        self.infra = [moto, redis]
-        for child in self.infra:
-            child.start()
-        wait_until(listens("127.0.0.1", moto_port), "moto", deadline, self.infra)
-        wait_until(listens("127.0.0.1", redis_port), "redis", deadline, self.infra)
-        outputs = provision(opts.topology, endpoint, opts.topology.region)
-        (self.data / "outputs.json").write_text(json.dumps(outputs, indent=2))
-        upstreams = self._start_services(outputs, endpoint, f"redis://127.0.0.1:{redis_port}/0",
-                                         deadline)
-        health_port = free_port()
-        health = self.child("health", [*_uvicorn("stack.health:build_app", health_port)], {
-            "HEALTH_TARGETS": json.dumps({name: [f"http://{a}" for a in addresses]
-                                         for name, addresses in upstreams.items()})})
-        gateway = self.child("gateway", prepare_local(
-            self.data / "nginx", upstreams, health_upstream=f"127.0.0.1:{health_port}",
-            listen=f"{opts.host}:{opts.port}", topology=opts.topology))
-        self.front = [health, gateway]
-        for child in self.front:
-            child.start()
-        url = f"http://{'127.0.0.1' if opts.host in ('0.0.0.0', '') else opts.host}:{opts.port}"
-        wait_until(answers_ok(f"{url}/api/health"), "GET /api/health", deadline, self.children)
-        return url
-
-    def _start_services(self, outputs: dict, endpoint: str, redis_url: str,
-                        deadline: float) -> dict[str, list[str]]:
-        opts, port = self.options, self.options.base_port
-        upstreams: dict[str, list[str]] = {}
-        waves: list[list[tuple[Child, int]]] = [[], []]
-        for service in opts.topology.services:
-            db = f"sqlite+aiosqlite:///{self.data / f'{service.name}.db'}"
-            env = service_env(outputs, service.name, database_url=db, redis_url=redis_url,
-                              endpoint_url=endpoint, topology=opts.topology)
-            for replica in range(opts.replicas.get(service.name, 1)):
-                port += 1
-                name = service.name if replica == 0 else f"{service.name}-{replica + 1}"
-                child = self.child(name, _uvicorn(f"{service.name}_svc.main:build_app", port), env)
-                waves[min(replica, 1)].append((child, port))
-                upstreams.setdefault(service.name, []).append(f"127.0.0.1:{port}")
-        # One replica per service first: it creates the shared SQLite tables alone.
-        for wave in waves:
-            for child, _ in wave:
-                child.start()
-                self.services.append(child)
-            for child, child_port in wave:
-                wait_until(answers_ok(f"http://127.0.0.1:{child_port}/readyz"),
-                           f"{child.name} to be ready", deadline, self.children)
-        return upstreams
-
-    @property
-    def children(self) -> list[Child]:
-        return [*self.infra, *self.services, *self.front]
-
-    def supervise(self) -> int:
-        """Wait until a child exits (then stop everything: exit 1) or a signal (exit 0)."""
-        while True:
-            for child in self.children:
-                code = child.exit_code()
-                if code is not None:
-                    log.error("%s exited with code %s; stopping the stack. %s:\n%s",
-                              child.name, code, child.log_path, child.log_tail())
-                    return 1
-            time.sleep(0.5)
-
-    def down(self) -> None:
-        """Front first, so nothing new arrives; moto last, so it saves what services did."""
-        for group in (self.front, self.services, [c for c in self.infra if c.name != "moto"],
-                      [c for c in self.infra if c.name == "moto"]):
-            stop(group, deadline_s=15.0)
-
-
-def _uvicorn(factory: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
-            "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "5"]
 
 
 def preflight(options: Options) -> None:

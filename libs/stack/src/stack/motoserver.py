@@ -120,13 +120,19 @@ class _ChangeTracker:
             self.changed.set()
 
 
-def serve(host: str, port: int, state: Path, interval_s: float) -> None:
+def serve(host: str, port: int, state: Path, interval_s: float,
+          port_file: Path | None = None) -> None:
     """Serve until SIGTERM/SIGINT, saving every interval when requests came, and on the way out."""
     state.parent.mkdir(parents=True, exist_ok=True)
     load(state)
     tracker = _ChangeTracker(DomainDispatcherApplication(create_backend_app))
     server = make_server(host, port, tracker, threaded=True, request_handler=MotoRequestHandler)
     threading.Thread(target=server.serve_forever, name="moto", daemon=True).start()
+    if port_file:
+        # Port 0 plus this file: no window in which another process can take a chosen port.
+        tmp = port_file.with_name(f".{port_file.name}.tmp")
+        tmp.write_text(str(server.server_port))
+        tmp.replace(port_file)
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
@@ -151,11 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--state", type=Path, required=True, help="file the state is kept in")
     parser.add_argument("--save-interval", type=float, default=5.0, help="seconds")
+    parser.add_argument("--port-file", type=Path, help="write the port listened on here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    serve(args.host, args.port, args.state, args.save_interval)
+    serve(args.host, args.port, args.state, args.save_interval, args.port_file)
 
 
 if __name__ == "__main__":

@@ -176,10 +176,3 @@ def answers_ok(url: str) -> Callable[[], bool]:
 
     return check
 
-
-def listens(host: str, port: int) -> Callable[[], bool]:
-    def check() -> bool:
-        with socket.socket() as sock:
-            return sock.connect_ex((host, port)) == 0
-
-    return check

@@ -51,9 +51,14 @@ async def _emit(session: AsyncSession, data: EventData, actor: str) -> None:
                                                subject=f"user:{actor}", actor=actor))
 
 
-async def _count(session: AsyncSession, user_id: str, column: str, delta: int) -> None:
-    await session.execute(update(Profile).where(Profile.user_id == user_id)
-                          .values({column: getattr(Profile, column) + delta}))
+async def _count_edge(session: AsyncSession, follower: str, followee: str, delta: int) -> None:
+    """Move both users' counters, locking their rows in id order so that concurrent
+    opposite follows cannot deadlock."""
+    changes = {follower: Profile.following_count, followee: Profile.followers_count}
+    for user_id in sorted(changes):
+        column = changes[user_id]
+        await session.execute(update(Profile).where(Profile.user_id == user_id)
+                              .values({column.key: column + delta}))
 
 
 async def _remove_follow(session: AsyncSession, follower: str, followee: str) -> bool:
@@ -61,8 +66,7 @@ async def _remove_follow(session: AsyncSession, follower: str, followee: str) ->
         Follow.follower_id == follower, Follow.followee_id == followee))
     if not result.rowcount:
         return False
-    await _count(session, follower, "following_count", -1)
-    await _count(session, followee, "followers_count", -1)
+    await _count_edge(session, follower, followee, -1)
     await _emit(session, events.Unfollowed(actor_id=follower, target_id=followee), follower)
     return True
 
@@ -81,8 +85,7 @@ async def follow(db: Database, *, actor: str, target: str) -> None:
             if state.following:
                 return
             await session.execute(insert(Follow).values(follower_id=actor, followee_id=target))
-            await _count(session, actor, "following_count", 1)
-            await _count(session, target, "followers_count", 1)
+            await _count_edge(session, actor, target, 1)
             await _emit(session, events.Followed(actor_id=actor, target_id=target), actor)
     except GraphRuleBroken as error:
         raise _rule(error) from error

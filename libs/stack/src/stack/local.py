@@ -1,0 +1,172 @@
+"""The processes of one local stack: moto, redis, the services, the health app and nginx."""
+
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .gateway import prepare_local
+from .processes import Child, StartupFailed, answers_ok, free_port, stop, wait_until
+from .provision import provision, service_env
+from .topology import Topology
+
+log = logging.getLogger("stack.launcher")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What `asyncsns-stack up` was asked for."""
+
+    host: str
+    port: int
+    data_dir: Path
+    replicas: dict[str, int]
+    base_port: int
+    topology: Topology
+    timeout_s: float
+
+
+
+class Stack:
+    """The processes of one `up`, in the order they start (and stop in reverse)."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.data = options.data_dir.resolve()
+        self.infra: list[Child] = []
+        self.services: list[Child] = []
+        self.front: list[Child] = []
+
+    def child(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
+        return Child(name, argv, {**os.environ, **(env or {})}, self.data / "logs" / f"{name}.log",
+                     self.data / "run" / f"{name}.pid")
+
+    def up(self) -> str:
+        """Start everything; returns the URL once /api/health says ok."""
+        opts, deadline = self.options, time.monotonic() + self.options.timeout_s
+        endpoint = f"http://127.0.0.1:{self._start_moto(deadline)}"
+        redis_port = self._start_redis(deadline)
+        outputs = provision(opts.topology, endpoint, opts.topology.region)
+        (self.data / "outputs.json").write_text(json.dumps(outputs, indent=2))
+        upstreams = self._start_services(outputs, endpoint, f"redis://127.0.0.1:{redis_port}/0",
+                                         deadline)
+        health_port = free_port()
+        health = self.child("health", [*_uvicorn("stack.health:build_app", health_port)], {
+            "HEALTH_TARGETS": json.dumps({name: [f"http://{a}" for a in addresses]
+                                         for name, addresses in upstreams.items()})})
+        gateway = self.child("gateway", prepare_local(
+            self.data / "nginx", upstreams, health_upstream=f"127.0.0.1:{health_port}",
+            listen=f"{opts.host}:{opts.port}", topology=opts.topology))
+        self.front = [health, gateway]
+        for child in self.front:
+            child.start()
+        url = f"http://{'127.0.0.1' if opts.host in ('0.0.0.0', '') else opts.host}:{opts.port}"
+        wait_until(answers_ok(f"{url}/api/health"), "GET /api/health", deadline, self.children)
+        return url
+
+    def _start_moto(self, deadline: float) -> int:
+        port_file = self.data / "run" / "moto.port"
+        port_file.unlink(missing_ok=True)
+        moto = self.child("moto", [sys.executable, "-m", "stack.motoserver", "--port", "0",
+                                   "--port-file", str(port_file),
+                                   "--state", str(self.data / "moto.state")],
+                          {"MOTO_COGNITO_IDP_USER_POOL_ID_STRATEGY": "HASH"})
+        self.infra.append(moto)
+        moto.start()
+        wait_until(port_file.exists, "moto", deadline, self.infra)
+        return int(port_file.read_text())
+
+    def _start_redis(self, deadline: float, attempts: int = 3) -> int:
+        """redis-server on a free port, checked to be ours: another process may take the port."""
+        (self.data / "redis").mkdir(parents=True, exist_ok=True)
+        for _ in range(attempts):
+            port = free_port()
+            redis = self.child("redis", [shutil.which("redis-server") or "redis-server",
+                                         "--port", str(port), "--bind", "127.0.0.1",
+                                         "--dir", str(self.data / "redis"), "--save", "60 1",
+                                         "--appendonly", "no", "--daemonize", "no"])
+            redis.start()
+            try:
+                wait_until(lambda r=redis, p=port: redis_pid(p) == r.proc.pid, "redis",
+                           deadline, [redis])
+            except StartupFailed:
+                stop([redis])
+                continue
+            self.infra.append(redis)
+            return port
+        raise StartupFailed(f"redis-server did not start; see {self.data / 'logs' / 'redis.log'}")
+
+    def _start_services(self, outputs: dict, endpoint: str, redis_url: str,
+                        deadline: float) -> dict[str, list[str]]:
+        opts, port = self.options, self.options.base_port
+        upstreams: dict[str, list[str]] = {}
+        waves: list[list[tuple[Child, int]]] = [[], []]
+        for service in opts.topology.services:
+            db = f"sqlite+aiosqlite:///{self.data / f'{service.name}.db'}"
+            env = service_env(outputs, service.name, database_url=db, redis_url=redis_url,
+                              endpoint_url=endpoint, topology=opts.topology)
+            for replica in range(opts.replicas.get(service.name, 1)):
+                port += 1
+                name = service.name if replica == 0 else f"{service.name}-{replica + 1}"
+                child = self.child(name, _uvicorn(f"{service.name}_svc.main:build_app", port), env)
+                waves[min(replica, 1)].append((child, port))
+                upstreams.setdefault(service.name, []).append(f"127.0.0.1:{port}")
+        # One replica per service first: it creates the shared SQLite tables alone.
+        for wave in waves:
+            for child, _ in wave:
+                child.start()
+                self.services.append(child)
+            for child, child_port in wave:
+                wait_until(answers_ok(f"http://127.0.0.1:{child_port}/readyz"),
+                           f"{child.name} to be ready", deadline, self.children)
+        return upstreams
+
+    @property
+    def children(self) -> list[Child]:
+        return [*self.infra, *self.services, *self.front]
+
+    def supervise(self) -> int:
+        """Wait until a child exits (then stop everything: exit 1) or a signal (exit 0)."""
+        while True:
+            for child in self.children:
+                code = child.exit_code()
+                if code is not None:
+                    log.error("%s exited with code %s; stopping the stack. %s:\n%s",
+                              child.name, code, child.log_path, child.log_tail())
+                    return 1
+            time.sleep(0.5)
+
+    def down(self) -> None:
+        """Front first, so nothing new arrives; moto last, so it saves what services did."""
+        for group in (self.front, self.services, [c for c in self.infra if c.name != "moto"],
+                      [c for c in self.infra if c.name == "moto"]):
+            stop(group, deadline_s=15.0)
+
+
+def redis_pid(port: int) -> int | None:
+    """The process id the redis-server on this port reports, or None if none answers."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"INFO server\r\n")
+            reply = b""
+            while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+    except OSError:
+        return None
+    for line in reply.decode(errors="replace").splitlines():
+        if line.startswith("process_id:"):
+            return int(line.partition(":")[2])
+    return None
+
+
+def _uvicorn(factory: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
+            "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "5"]

@@ -1,0 +1,89 @@
+"""End to end through the gateway of `asyncsns-stack up`: accounts, the graph, a restart."""
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from stack.testing import RunningStack, running_stack
+
+PASSWORD = "correct horse 1"
+PROBLEM_JSON = "application/problem+json"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack") / "data"
+
+
+@pytest.fixture(scope="module")
+def stack(data_dir: Path) -> Iterator[RunningStack]:
+    with running_stack(data_dir, "--replicas", "profile=2") as running:
+        yield running
+
+
+def sign_up_and_log_in(api: httpx.Client, username: str) -> tuple[str, dict[str, str]]:
+    signup = api.post("/api/auth/signup", json={"username": username, "password": PASSWORD,
+                                                "email": f"{username}@example.com"})
+    assert signup.status_code == 201, signup.text
+    assert signup.json()["username"] == username
+    return signup.json()["user_id"], log_in(api, username)
+
+
+def log_in(api: httpx.Client, username: str) -> dict[str, str]:
+    login = api.post("/api/auth/login", json={"username": username, "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    assert login.json()["token_type"] == "Bearer"
+    return {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+
+def test_health_reports_every_service(stack: RunningStack) -> None:
+    health = httpx.get(f"{stack.url}/api/health")
+
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "services": {"profile": "ok"}}
+
+
+def test_unknown_paths_get_a_problem_from_the_gateway(stack: RunningStack) -> None:
+    response = httpx.get(f"{stack.url}/api/nothing-here")
+
+    assert response.status_code == 404
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert response.json()["status"] == 404
+
+
+def test_a_250_kb_token_reaches_the_service_and_is_refused(stack: RunningStack) -> None:
+    response = httpx.get(f"{stack.url}/api/profiles/me",
+                         headers={"Authorization": "Bearer " + "a" * 250_000})
+
+    assert response.status_code == 401
+    assert response.headers["content-type"].startswith(PROBLEM_JSON)
+
+
+def test_follow_block_and_a_restart_that_keeps_users(stack: RunningStack,
+                                                     data_dir: Path) -> None:
+    api = httpx.Client(base_url=stack.url, timeout=10)
+    alice, as_alice = sign_up_and_log_in(api, "alice")
+    bob, as_bob = sign_up_and_log_in(api, "bob")
+
+    assert api.put(f"/api/profiles/{bob}/follow", headers=as_alice).status_code == 204
+    assert api.get(f"/api/profiles/{bob}", headers=as_alice).json()["followers_count"] == 1
+    assert api.put(f"/api/profiles/{alice}/follow", headers=as_bob).status_code == 204
+
+    assert api.put(f"/api/profiles/{bob}/block", headers=as_alice).status_code == 204
+    for user in (alice, bob):
+        profile = api.get(f"/api/profiles/{user}", headers=as_alice).json()
+        assert (profile["followers_count"], profile["following_count"]) == (0, 0)
+    refused = api.put(f"/api/profiles/{alice}/follow", headers=as_bob)
+    assert 400 <= refused.status_code < 500
+    assert refused.headers["content-type"].startswith(PROBLEM_JSON)
+
+    assert stack.stop(signal.SIGINT) == 0
+    with running_stack(data_dir) as again:
+        api = httpx.Client(base_url=again.url, timeout=10)
+        me = api.get("/api/profiles/me", headers=log_in(api, "alice"))
+        assert me.json()["user_id"] == alice
+        bob_again = api.get("/api/profiles/me", headers=log_in(api, "bob")).json()
+        assert bob_again["user_id"] == bob
+        assert bob_again["followers_count"] == bob_again["following_count"] == 0

@@ -14,9 +14,10 @@ from types import ModuleType
 import dockerfile
 import pytest
 import yaml
+from dotenv import dotenv_values
+
 from chassis.settings import ServiceSettings
 from chassis.testing import free_port
-from dotenv import dotenv_values
 from stack.provision import provision
 from stack.topology import TOPOLOGY
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from stack.testing import RunningStack, running_stack
 
 PASSWORD = "correct horse 1"

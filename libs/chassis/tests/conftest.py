@@ -9,6 +9,13 @@ from typing import Any
 import aioboto3
 import pytest
 from botocore.config import Config
+from fastapi import APIRouter
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
+
 from chassis.app import ServiceSpec, create_app
 from chassis.consumer import Handler
 from chassis.db import Database, new_metadata
@@ -23,12 +30,6 @@ from chassis.testing import (
     serve_in_process,
 )
 from chassis.tracing import configure_tracing
-from fastapi import APIRouter
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
 
 SERVICE = "chassis-tests"
 

@@ -10,12 +10,13 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from chassis.auth import CurrentUser
-from chassis.testing import assert_problem
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import APIRouter
 from jose import jwk, jwt
+
+from chassis.auth import CurrentUser
+from chassis.testing import assert_problem
 
 router = APIRouter()
 

@@ -4,10 +4,11 @@ import asyncio
 import json
 
 import pytest
+from sqlalchemy import insert
+
 from chassis.consumer import Consumer, redrive
 from chassis.testing import receive_messages, running, wait_until
 from chassis.tracing import current_ids, tracer
-from sqlalchemy import insert
 
 SERVICE = "chassis-tests"
 THING = "test.thing-happened"

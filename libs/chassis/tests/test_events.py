@@ -1,6 +1,9 @@
 """The envelope survives the wire, and the event catalog is a valid contract for consumers."""
 
 import pytest
+from jsonschema import Draft202012Validator
+from pydantic import BaseModel, ValidationError
+
 from chassis.events import (
     CATALOG,
     Envelope,
@@ -10,8 +13,6 @@ from chassis.events import (
     new_event,
     parse_data,
 )
-from jsonschema import Draft202012Validator
-from pydantic import BaseModel, ValidationError
 
 PRODUCER = "chassis-events-tests"
 

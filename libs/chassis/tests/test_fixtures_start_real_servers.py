@@ -1,8 +1,9 @@
 """The test fixtures start real servers that answer."""
 
 import redis.asyncio as redis
-from chassis.db import Database
 from sqlalchemy import text
+
+from chassis.db import Database
 
 
 async def test_each_database_backend_answers(database_url):

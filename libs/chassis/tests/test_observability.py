@@ -4,9 +4,10 @@ import json
 import logging
 
 import structlog
-from chassis.events import EventData, event_type, new_event
 from fastapi import APIRouter
 from pydantic import BaseModel
+
+from chassis.events import EventData, event_type, new_event
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"

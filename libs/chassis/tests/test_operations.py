@@ -1,7 +1,8 @@
 """Every service answers /healthz, /readyz and /metrics without any code of its own."""
 
-from chassis.testing import wait_until
 from fastapi import APIRouter
+
+from chassis.testing import wait_until
 
 router = APIRouter()
 

@@ -4,6 +4,7 @@ import json
 from collections import defaultdict
 
 import pytest
+
 from chassis.outbox import Lease, OutboxRelay, add_event
 from chassis.testing import receive_messages, running, wait_until
 from chassis.tracing import tracer

@@ -1,9 +1,10 @@
 """Every error is an RFC 9457 problem+json response, and none shows a stack trace."""
 
-from chassis.problems import invalid, not_found
-from chassis.testing import assert_problem
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
+
+from chassis.problems import invalid, not_found
+from chassis.testing import assert_problem
 
 router = APIRouter()
 

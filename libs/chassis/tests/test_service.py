@@ -1,11 +1,12 @@
 """A service built by create_app runs the whole loop: request → outbox → SNS → SQS → handler."""
 
+from fastapi import APIRouter
+from sqlalchemy import func, insert, select
+
 from chassis.db import DatabaseDep
 from chassis.events import Envelope
 from chassis.outbox import add_event
 from chassis.testing import wait_until
-from fastapi import APIRouter
-from sqlalchemy import func, insert, select
 
 THING = "test.thing-happened"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from chassis.testing import free_port, wait_for_port
 from stack.gateway import nginx_binary, prepare_local, render_nginx_conf
 from stack.topology import TOPOLOGY, Service, Topology, UserPool

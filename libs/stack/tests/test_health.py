@@ -5,8 +5,9 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from chassis.testing import free_port
 from fastapi.testclient import TestClient
+
+from chassis.testing import free_port
 from stack.health import HealthSettings, build_app
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from stack.testing import running_stack
 
 FAKE_SERVICE = '''

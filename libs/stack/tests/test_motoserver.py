@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
+
 from chassis.testing import FAKE_AWS, REGION, free_port, wait_for_port
 from stack.provision import provision
 from stack.topology import TOPOLOGY

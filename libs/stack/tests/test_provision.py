@@ -6,6 +6,7 @@ import uuid
 import boto3
 import httpx
 import pytest
+
 from chassis.settings import ServiceSettings
 from chassis.testing import FAKE_AWS, REGION
 from stack.provision import main, provision, service_env

@@ -3,6 +3,7 @@
 import uuid
 
 import boto3
+
 from chassis.testing import FAKE_AWS, REGION
 from stack.redrive import main
 

@@ -6,10 +6,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
-from chassis.problems import Problem, problem_response
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chassis.problems import Problem, problem_response
 
 
 class HealthSettings(BaseSettings):

@@ -4,6 +4,7 @@ import argparse
 import asyncio
 
 import aioboto3
+
 from chassis.consumer import redrive
 
 from .provision import LOCAL_CREDENTIALS

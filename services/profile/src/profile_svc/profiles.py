@@ -7,7 +7,6 @@ import orjson
 from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import BaseModel, Field
 from sqlalchemy import Select, and_, not_, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.auth import CurrentUser
 from chassis.cache import ViewCache

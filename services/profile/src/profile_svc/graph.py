@@ -16,20 +16,32 @@ from .models import Base, Block, Follow, Mute, Profile
 OUTBOX = Base.metadata.tables["outbox"]
 
 
-async def relationship(session: AsyncSession, actor: str, target: str) -> Relationship:
-    """The caller's relationship to `target`, read in one query."""
-
+def _relationship_query(actor: str, target: str):  # noqa: ANN202
     def edge(model: type, a_col: str, b_col: str, a: str, b: str):  # noqa: ANN202
         return exists().where(getattr(model, a_col) == a, getattr(model, b_col) == b)
 
-    row = (await session.execute(select(
+    return select(
         edge(Follow, "follower_id", "followee_id", actor, target),
         edge(Follow, "follower_id", "followee_id", target, actor),
         edge(Block, "blocker_id", "blocked_id", actor, target),
         edge(Block, "blocker_id", "blocked_id", target, actor),
         edge(Mute, "muter_id", "muted_id", actor, target),
-    ))).one()
-    return Relationship(*(bool(v) for v in row))
+        exists().where(Profile.user_id == target),
+    )
+
+
+async def relationship(session: AsyncSession, actor: str, target: str) -> Relationship:
+    """The caller's relationship to `target`, read in one query."""
+    row = (await session.execute(_relationship_query(actor, target))).one()
+    return Relationship(*(bool(v) for v in row[:5]))
+
+
+async def _target_state(session: AsyncSession, actor: str, target: str) -> Relationship:
+    """The relationship to `target`, or 404 if there is no such user (one query)."""
+    row = (await session.execute(_relationship_query(actor, target))).one()
+    if not row[5]:
+        raise not_found("user")
+    return Relationship(*(bool(v) for v in row[:5]))
 
 
 def blocked_either_way(viewer: str, user_column):  # noqa: ANN001, ANN201
@@ -79,8 +91,7 @@ async def follow(db: Database, *, actor: str, target: str) -> None:
     """`actor` follows `target`; following again changes nothing."""
     try:
         async with db.transaction() as session:
-            await _target(session, target)
-            state = await relationship(session, actor, target)
+            state = await _target_state(session, actor, target)
             check_follow(actor, target, state)
             if state.following:
                 return
@@ -105,8 +116,7 @@ async def block(db: Database, *, actor: str, target: str) -> None:
     try:
         async with db.transaction() as session:
             check_not_self(actor, target, "block")
-            await _target(session, target)
-            if (await relationship(session, actor, target)).blocking:
+            if (await _target_state(session, actor, target)).blocking:
                 return
             await session.execute(insert(Block).values(blocker_id=actor, blocked_id=target))
             await _remove_follow(session, actor, target)
@@ -131,8 +141,7 @@ async def mute(db: Database, *, actor: str, target: str) -> None:
     try:
         async with db.transaction() as session:
             check_not_self(actor, target, "mute")
-            await _target(session, target)
-            if (await relationship(session, actor, target)).muting:
+            if (await _target_state(session, actor, target)).muting:
                 return
             await session.execute(insert(Mute).values(muter_id=actor, muted_id=target))
             await _emit(session, events.Muted(actor_id=actor, target_id=target), actor)

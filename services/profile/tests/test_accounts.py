@@ -130,3 +130,16 @@ async def test_profiles_require_a_token(client):
     response = await client.get("/api/profiles/me")
     assert response.status_code == 401
     assert response.headers["content-type"].startswith(PROBLEM)
+
+
+async def test_signup_repeated_with_idempotency_key_returns_the_first_response(client):
+    username = unique()
+    body = {"username": username, "email": f"{username}@example.com", "password": "abcdefg1"}
+    headers = {"Idempotency-Key": f"key-{username}"}
+    first = await client.post("/api/auth/signup", json=body, headers=headers)
+    again = await client.post("/api/auth/signup", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    other = await client.post("/api/auth/signup", headers=headers, json=body | {"username": unique()})
+    assert other.status_code == 422
+    assert other.json()["errors"][0]["field"] == "Idempotency-Key"

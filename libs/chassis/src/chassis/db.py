@@ -65,7 +65,7 @@ class UTCDateTime(TypeDecorator):
 
 
 def new_metadata() -> MetaData:
-    """A service's metadata, with the outbox, inbox and relay lease tables already in it."""
+    """A service's metadata, with the outbox, inbox, idempotency and lease tables in it."""
     metadata = MetaData(naming_convention=NAMING)
     Table(
         "outbox", metadata,
@@ -86,6 +86,14 @@ def new_metadata() -> MetaData:
         Column("event_id", String(64), primary_key=True),
         Column("event_type", String(100), nullable=False),
         Column("processed_at", UTCDateTime, nullable=False),
+    )
+    Table(
+        "idempotency_keys", metadata,
+        Column("scope", String(100), primary_key=True),
+        Column("key", String(255), primary_key=True),
+        Column("request_hash", String(64), nullable=False),
+        Column("response", JSON, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
     )
     Table(
         "leases", metadata,

@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 
 from chassis.db import DatabaseDep, utcnow
 from chassis.events import new_event
+from chassis.idempotency import IdempotencyKey, once
 from chassis.outbox import add_event
 from chassis.problems import invalid
 
@@ -79,8 +80,21 @@ class Tokens(BaseModel):
 
 
 @router.post("/signup", status_code=status.HTTP_201_CREATED, response_model=SignedUp)
-async def sign_up(body: SignUp, db: DatabaseDep, accounts: AccountsDep) -> SignedUp:
-    """Create an account and its profile."""
+async def sign_up(body: SignUp, db: DatabaseDep, accounts: AccountsDep,
+                  idempotency_key: IdempotencyKey = None) -> SignedUp:
+    """Create an account and its profile; a repeat with the same Idempotency-Key is answered
+    with the first response."""
+    # The password stays out of the stored fingerprint: it must never rest in our tables.
+    request = body.model_dump(mode="json", exclude={"password"})
+
+    async def create() -> dict:
+        return (await _create_account(body, db, accounts)).model_dump()
+
+    return SignedUp(**await once(db, Base.metadata, scope="signup", key=idempotency_key,
+                                 request=request, create=create))
+
+
+async def _create_account(body: SignUp, db, accounts: Accounts) -> SignedUp:  # noqa: ANN001
     async with db.sessions() as session:
         taken = await session.scalar(select(Profile.user_id).where(Profile.username == body.username))
     if taken:

@@ -143,3 +143,20 @@ async def test_signup_repeated_with_idempotency_key_returns_the_first_response(c
     other = await client.post("/api/auth/signup", headers=headers, json=body | {"username": unique()})
     assert other.status_code == 422
     assert other.json()["errors"][0]["field"] == "Idempotency-Key"
+
+
+async def test_repeated_logins_are_rate_limited_with_retry_after(client, signup):
+    account = await signup()
+    statuses = []
+    for _ in range(10):
+        response = await client.post("/api/auth/login",
+                                     json={"username": account.username, "password": "wrong1x"})
+        statuses.append(response.status_code)
+    assert 429 in statuses
+    limited = statuses.index(429)
+    assert set(statuses[:limited]) == {401}
+    refused = await client.post("/api/auth/login",
+                                json={"username": account.username, "password": "correct horse 1"})
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) > 0
+    assert refused.headers["content-type"].startswith(PROBLEM)

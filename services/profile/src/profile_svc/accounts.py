@@ -125,8 +125,9 @@ async def confirm(body: Confirmation, accounts: AccountsDep) -> None:
 
 
 @router.post("/login", response_model=Tokens)
-async def log_in(body: Credentials, accounts: AccountsDep) -> Tokens:
-    """Exchange username and password for tokens."""
+async def log_in(body: Credentials, request: Request, accounts: AccountsDep) -> Tokens:
+    """Exchange username and password for tokens (attempts per username are rate limited)."""
+    await request.app.state.login_limit.hit(body.username.lower())
     return Tokens(**await accounts.log_in(username=body.username, password=body.password))
 
 

@@ -4,6 +4,7 @@ from fastapi import FastAPI
 
 from chassis.app import ServiceSpec, create_app
 from chassis.cache import ViewCache
+from chassis.ratelimit import RateLimit
 
 from . import accounts, profiles
 from .cognito import Accounts
@@ -20,6 +21,9 @@ async def _connect(app: FastAPI) -> None:
                                   auto_confirm=settings.auto_confirm_signups)
     app.state.profile_cache = ViewCache(app.state.redis, prefix="profile:view:v1:",
                                         ttl_s=settings.profile_cache_ttl_s)
+    app.state.login_limit = RateLimit(app.state.redis, name="login",
+                                      limit=settings.login_attempts_per_window,
+                                      window_s=settings.login_window_s)
 
 
 def build_app(settings: ProfileSettings | None = None) -> FastAPI:

@@ -9,3 +9,5 @@ class ProfileSettings(ServiceSettings):
     service_name: str = "profile"
     auto_confirm_signups: bool = True
     profile_cache_ttl_s: int = 30
+    login_attempts_per_window: int = 10
+    login_window_s: int = 300

@@ -142,11 +142,8 @@ def _ensure_user_pool(idp: Any, topology: Topology) -> tuple[str, str]:
     if pools:
         pool_id = pools[0]["Id"]
     else:
-        # Length alone, as NIST SP 800-63B advises; composition rules only make passwords worse.
-        policy = {"MinimumLength": wanted.password_min_length, "RequireUppercase": False,
-                  "RequireLowercase": False, "RequireNumbers": False, "RequireSymbols": False}
         pool_id = idp.create_user_pool(
-            PoolName=wanted.name, Policies={"PasswordPolicy": policy},
+            PoolName=wanted.name, Policies={"PasswordPolicy": wanted.password_policy},
             AutoVerifiedAttributes=["email"])["UserPool"]["Id"]
     clients = [c for page in idp.get_paginator("list_user_pool_clients").paginate(
         UserPoolId=pool_id, MaxResults=60) for c in page["UserPoolClients"]

@@ -41,9 +41,10 @@ class UserPool:
 
     @property
     def password_policy(self) -> dict[str, object]:
-        """Cognito PasswordPolicy; the profile service's domain rules mirror it."""
-        return {"MinimumLength": self.password_min_length, "RequireLowercase": True,
-                "RequireNumbers": True, "RequireUppercase": False, "RequireSymbols": False}
+        """Cognito PasswordPolicy: length alone, as NIST SP 800-63B advises (composition rules
+        make passwords worse); the profile service's domain rule mirrors it."""
+        return {"MinimumLength": self.password_min_length, "RequireLowercase": False,
+                "RequireNumbers": False, "RequireUppercase": False, "RequireSymbols": False}
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,18 @@ from dataclasses import dataclass
 USERNAME = re.compile(r"^[a-z0-9_]{3,30}$")
 USERNAME_RULE = "3-30 characters of a-z, 0-9 and _"
 PASSWORD_MIN, PASSWORD_MAX = 8, 256
-PASSWORD_RULE = f"{PASSWORD_MIN}-{PASSWORD_MAX} characters with a lowercase letter and a digit"
+PASSWORD_RULE = f"{PASSWORD_MIN}-{PASSWORD_MAX} characters"
 DISPLAY_NAME_MAX = 50
 BIO_MAX = 500
 
 
 def password_problem(password: str) -> str | None:
-    """Why a password is refused, or None (mirrors the user pool's policy)."""
+    """Why a password is refused, or None: length only, like the user pool's policy
+    (NIST SP 800-63B: composition rules make passwords weaker, length makes them stronger)."""
     if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
         return f"must be {PASSWORD_RULE}"
-    if not re.search(r"[a-z]", password) or not re.search(r"[0-9]", password):
-        return f"must be {PASSWORD_RULE}"
+    if not password.strip():
+        return "must not be only white space"
     return None
 
 

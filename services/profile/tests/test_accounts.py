@@ -15,7 +15,8 @@ async def test_signup_then_login_returns_bearer_tokens(client):
     assert created.status_code == 201
     body = created.json()
     assert body["username"] == username and body["user_id"]
-    login = await client.post("/api/auth/login", json={"username": username, "password": "abcdefg1"})
+    login = await client.post("/api/auth/login",
+                              json={"username": username, "password": "abcdefg1"})
     assert login.status_code == 200
     tokens = login.json()
     assert tokens["token_type"] == "Bearer" and tokens["expires_in"] > 0
@@ -83,7 +84,8 @@ async def test_failed_signup_leaves_no_account_behind(client):
     bad = await client.post("/api/auth/signup", json={
         "username": username, "email": "bad", "password": "abcdefg1"})
     assert bad.status_code == 422
-    login = await client.post("/api/auth/login", json={"username": username, "password": "abcdefg1"})
+    login = await client.post("/api/auth/login",
+                              json={"username": username, "password": "abcdefg1"})
     assert login.status_code == 401
 
 
@@ -101,7 +103,8 @@ async def test_refresh_returns_a_working_access_token(client):
         "username": username, "email": f"{username}@example.com", "password": "abcdefg1"})
     tokens = (await client.post("/api/auth/login",
                                 json={"username": username, "password": "abcdefg1"})).json()
-    refreshed = await client.post("/api/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    refreshed = await client.post("/api/auth/refresh",
+                                  json={"refresh_token": tokens["refresh_token"]})
     assert refreshed.status_code == 200
     fresh = refreshed.json()
     assert fresh["refresh_token"] == tokens["refresh_token"]
@@ -140,7 +143,8 @@ async def test_signup_repeated_with_idempotency_key_returns_the_first_response(c
     again = await client.post("/api/auth/signup", json=body, headers=headers)
     assert first.status_code == again.status_code == 201
     assert again.json() == first.json()
-    other = await client.post("/api/auth/signup", headers=headers, json=body | {"username": unique()})
+    other = await client.post("/api/auth/signup", headers=headers,
+                              json=body | {"username": unique()})
     assert other.status_code == 422
     assert other.json()["errors"][0]["field"] == "Idempotency-Key"
 

@@ -21,7 +21,8 @@ class ViewCache:
         self._prefix = prefix
         self._ttl = ttl_s
 
-    async def get_or_load(self, key: str, load: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
+    async def get_or_load(self, key: str,
+                          load: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
         """The cached bytes for `key`, or what `load` returns (stored unless None)."""
         if self._redis is not None:
             try:

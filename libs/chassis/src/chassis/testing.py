@@ -12,7 +12,6 @@ import gzip
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -28,24 +27,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from .ports import free_port, wait_for_port
+
 REGION = "us-east-1"
 FAKE_AWS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def run_sync(coro: Coroutine[Any, Any, Any]) -> Any:

@@ -10,8 +10,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from chassis.ports import free_port
+
 from .gateway import prepare_local
-from .processes import Child, StartupFailed, answers_ok, free_port, stop, wait_until
+from .processes import Child, StartupFailed, answers_ok, stop, wait_until
 from .provision import provision, service_env
 from .topology import Topology
 

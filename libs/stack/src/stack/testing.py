@@ -13,7 +13,9 @@ from pathlib import Path
 
 import httpx
 
-from .processes import free_port, port_in_use
+from chassis.ports import free_port
+
+from .processes import port_in_use
 
 
 @dataclass

@@ -96,7 +96,8 @@ async def sign_up(body: SignUp, db: DatabaseDep, accounts: AccountsDep,
 
 async def _create_account(body: SignUp, db, accounts: Accounts) -> SignedUp:  # noqa: ANN001
     async with db.sessions() as session:
-        taken = await session.scalar(select(Profile.user_id).where(Profile.username == body.username))
+        taken = await session.scalar(
+            select(Profile.user_id).where(Profile.username == body.username))
     if taken:
         raise invalid("username", "is already taken", status=409)
     user_id, confirmed = await accounts.sign_up(

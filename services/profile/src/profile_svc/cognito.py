@@ -48,7 +48,8 @@ class Accounts:
             if code == "InvalidPasswordException":
                 raise invalid("password", f"must be {PASSWORD_RULE}") from error
             if code == "InvalidParameterException":
-                raise Problem(422, error.response["Error"].get("Message", "invalid sign-up")) from error
+                message = error.response["Error"].get("Message", "invalid sign-up")
+                raise Problem(422, message) from error
             raise
         return result["UserSub"], self._auto_confirm or bool(result.get("UserConfirmed"))
 

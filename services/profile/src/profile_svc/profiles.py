@@ -183,10 +183,12 @@ async def _graph_page(db, viewer: str, user_id: str, side, limit: int,  # noqa: 
         query = _list_query(viewer, user_id, side)
         if position:
             at = datetime.fromisoformat(position["t"])
-            query = query.where(or_(Follow.created_at < at,
-                                    and_(Follow.created_at == at, Profile.user_id < position["id"])))
+            query = query.where(or_(
+                Follow.created_at < at,
+                and_(Follow.created_at == at, Profile.user_id < position["id"])))
         rows = (await session.execute(
-            query.order_by(Follow.created_at.desc(), Profile.user_id.desc()).limit(limit + 1))).all()
+            query.order_by(Follow.created_at.desc(), Profile.user_id.desc())
+            .limit(limit + 1))).all()
     items = [_view(profile) for profile, _ in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:

@@ -78,11 +78,11 @@ def rendered(topology: Topology = TOPOLOGY) -> dict[Path, str]:
             port=CONTAINER_PORT)
         for s in topology.services
     }
-    # stack.health has no liveness route of its own, and its /api/health answers 503 while any
-    # service is not ready; the aggregator is alive when it serves its OpenAPI document.
+    # The image's probe is the aggregator's /healthz, not /api/health (503 until every service
+    # is ready); compose's moto, run from this image too, has its own healthcheck.
     files[STACK_DOCKERFILE] = app_dockerfile(
         template, package="asyncsns-stack", app="stack.health:build_app",
-        port=topology.health_port, health_path="/openapi.json")
+        port=topology.health_port)
     files[POSTGRES_INIT] = postgres_init(topology)
     files[NGINX_CONF] = nginx_conf(topology)
     return files

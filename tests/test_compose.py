@@ -4,7 +4,9 @@ import fnmatch
 import importlib.util
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -199,8 +201,9 @@ def test_provision_step_leaves_every_service_complete_settings(shared, monkeypat
         assert settings.events_topic_arn == outputs["topics"].get(service.name)
 
 
+# Only containers that keep their image's healthcheck: compose's own, where set, replaces it.
 @pytest.mark.parametrize("name", [name for name, service in SERVICES.items()
-                                  if "build" in service and healthcheck_of(service)])
+                                  if "build" in service and "healthcheck" not in service])
 def test_container_command_passes_the_image_healthcheck(name, shared, tmp_path):
     service = SERVICES[name]
     port = free_port()
@@ -226,6 +229,81 @@ def test_container_command_passes_the_image_healthcheck(name, shared, tmp_path):
         finally:
             app.terminate()
             app.wait(timeout=10)
+
+
+def named_volume_mounts(service: dict) -> dict[str, str]:
+    """Mount point to named volume (bind mounts, whose source is a path, left out)."""
+    mounts = [volume.split(":") for volume in service.get("volumes", [])]
+    return {target: source for source, target, *_ in mounts if source in COMPOSE["volumes"]}
+
+
+def seconds(duration: str) -> int:
+    assert re.fullmatch(r"\d+s", duration), duration
+    return int(duration[:-1])
+
+
+def test_moto_and_postgres_keep_their_state_on_named_volumes():
+    moto = SERVICES["moto"]
+    command = moto["command"]
+    assert moto["image"] == SERVICES["provision"]["image"], "the stack image has stack.motoserver"
+    assert command[:3] == ["python", "-m", "stack.motoserver"]
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert command[command.index("--port") + 1] == "5000"
+    state = Path(command[command.index("--state") + 1])
+    assert str(state.parent) in named_volume_mounts(moto)
+    # The final save runs on SIGTERM: compose must not kill moto first (its default is 10s).
+    assert seconds(moto["stop_grace_period"]) >= 20
+    # A new volume belongs to root: a one-shot step gives it to the image's user first.
+    assert moto["depends_on"]["moto-data-init"] == {"condition": "service_completed_successfully"}
+    init = SERVICES["moto-data-init"]
+    image_user = instructions(render.STACK_DOCKERFILE, "USER")[-1].value[0]
+    assert init["command"] == ["chown", image_user, str(state.parent)]
+    assert named_volume_mounts(init) == named_volume_mounts(moto)
+
+    postgres = SERVICES["postgres"]
+    assert "tmpfs" not in postgres
+    assert "/var/lib/postgresql/data" in named_volume_mounts(postgres)
+
+
+def test_moto_command_is_healthy_saves_on_sigterm_and_provision_finds_the_same_ids(tmp_path):
+    """Compose's moto run here twice over one state file, compose's provision after each start."""
+    moto = SERVICES["moto"]
+    state = Path(moto["command"][moto["command"].index("--state") + 1])
+    local_state = tmp_path / state.name
+    stack_json = []
+    for run in range(2):
+        port = free_port()
+        command = [part.replace(str(state), str(local_state)) for part in moto["command"]]
+        command[command.index("--host") + 1] = "127.0.0.1"
+        command[command.index("--port") + 1] = str(port)
+        check = [part.replace(":5000/", f":{port}/") for part in moto["healthcheck"]["test"]]
+        assert check[0] == "CMD"
+        log = tmp_path / f"moto-{run}.log"
+        with log.open("w") as out, subprocess.Popen(command, env={**os.environ, **LOCAL_PATH},
+                                                    stdout=out, stderr=subprocess.STDOUT) as proc:
+            try:
+                deadline = time.monotonic() + 30
+                while subprocess.run(check[1:], env={**os.environ, **LOCAL_PATH},
+                                     capture_output=True).returncode:
+                    assert proc.poll() is None, log.read_text()
+                    assert time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.2)
+                shared = tmp_path / f"shared-{run}"
+                shared.mkdir()
+                endpoint = f"http://127.0.0.1:{port}"
+                result = subprocess.run(
+                    ["sh", "-c", provision_command_run_locally(endpoint, shared)],
+                    env={**os.environ, **LOCAL_PATH}, capture_output=True, text=True, timeout=120)
+                assert result.returncode == 0, result.stdout + result.stderr
+                # In compose moto's address is the same on every start; here the port is not.
+                outputs = (shared / "stack.json").read_text().replace(endpoint, "http://moto:5000")
+                stack_json.append(json.loads(outputs))
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=seconds(moto["stop_grace_period"]))
+        assert proc.returncode == 0, log.read_text()
+        assert local_state.is_file()
+    assert stack_json[1] == stack_json[0]
 
 
 def test_env_file_values_survive_quoting(tmp_path):

@@ -8,7 +8,7 @@
 ARG PACKAGE=asyncsns-stack
 ARG APP=stack.health:build_app
 ARG PORT=8099
-ARG HEALTH_PATH=/openapi.json
+ARG HEALTH_PATH=/healthz
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
 

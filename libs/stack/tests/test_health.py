@@ -68,3 +68,12 @@ def test_targets_come_from_the_environment(monkeypatch: pytest.MonkeyPatch,
 
     with TestClient(build_app()) as client:
         assert client.get("/api/health").json()["services"] == {"profile": "ok"}
+
+
+def test_liveness_does_not_depend_on_the_services(replicas: dict[str, str]) -> None:
+    with TestClient(build_app(HealthSettings(health_targets={"chat": [replicas["dead"]]}))) as c:
+        assert c.get("/api/health").status_code == 503
+        response = c.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}

@@ -50,6 +50,11 @@ def build_app(settings: HealthSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="asyncsns health", lifespan=lifespan)
 
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the aggregator answers, whether or not the services are ready."""
+        return {"status": "ok"}
+
     @app.get("/api/health")
     async def health(request: Request) -> Response:
         """Whether every service is ready, service by service."""

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from chassis.ports import free_port
+from chassis.ports import free_port_block
 
 from .gateway import prepare_local
 from .processes import Child, StartupFailed, answers_ok, stop, wait_until
@@ -57,7 +57,7 @@ class Stack:
         (self.data / "outputs.json").write_text(json.dumps(outputs, indent=2))
         upstreams = self._start_services(outputs, endpoint, f"redis://127.0.0.1:{redis_port}/0",
                                          deadline)
-        health_port = free_port()
+        health_port = free_port_block(1)
         health = self.child("health", [*_uvicorn("stack.health:build_app", health_port)], {
             "HEALTH_TARGETS": json.dumps({name: [f"http://{a}" for a in addresses]
                                          for name, addresses in upstreams.items()})})
@@ -87,7 +87,7 @@ class Stack:
         """redis-server on a free port, checked to be ours: another process may take the port."""
         (self.data / "redis").mkdir(parents=True, exist_ok=True)
         for _ in range(attempts):
-            port = free_port()
+            port = free_port_block(1)
             redis = self.child("redis", [shutil.which("redis-server") or "redis-server",
                                          "--port", str(port), "--bind", "127.0.0.1",
                                          "--dir", str(self.data / "redis"), "--save", "60 1",

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from chassis.ports import free_port
-
-from .processes import port_in_use
+from chassis.ports import free_port_block
 
 
 @dataclass
@@ -41,23 +39,14 @@ class RunningStack:
         return self.output.read_text(errors="replace")
 
 
-def free_port_range(count: int) -> int:
-    """A base port such that base+1 .. base+count are free now."""
-    for _ in range(50):
-        base = free_port()
-        if base + count < 65535 and not any(port_in_use("127.0.0.1", base + n)
-                                            for n in range(1, count + 1)):
-            return base
-    raise RuntimeError("no free port range")
-
-
 @contextmanager
 def running_stack(data_dir: Path, *args: str, env: dict[str, str] | None = None,
                   timeout: float = 120, service_count: int = 4) -> Iterator[RunningStack]:
     """`asyncsns-stack up` on free ports; stopped with SIGTERM on the way out if still running."""
-    port = free_port()
+    # One block: the gateway on its first port, the services on the ones after it.
+    port = free_port_block(service_count + 1)
     command = [sys.executable, "-m", "stack.launcher", "up", "--port", str(port),
-               "--base-port", str(free_port_range(service_count)), "--data-dir", str(data_dir),
+               "--base-port", str(port), "--data-dir", str(data_dir),
                "--timeout", str(timeout), *args]
     data_dir.mkdir(parents=True, exist_ok=True)
     output = data_dir / f"launcher-{time.monotonic_ns()}.out"

@@ -25,36 +25,38 @@ class ProfileUpdated(EventData):
     avatar_url: str | None
 
 
-class _Edge(EventData):
+class EdgeEvent(EventData):
+    """A change to the directed edge actor → target."""
+
     actor_id: str
     target_id: str
 
 
 @event_type("graph.followed", producer=PRODUCER)
-class Followed(_Edge):
+class Followed(EdgeEvent):
     """`actor_id` now follows `target_id`."""
 
 
 @event_type("graph.unfollowed", producer=PRODUCER)
-class Unfollowed(_Edge):
+class Unfollowed(EdgeEvent):
     """`actor_id` no longer follows `target_id` (also sent when a block removes a follow)."""
 
 
 @event_type("graph.blocked", producer=PRODUCER)
-class Blocked(_Edge):
+class Blocked(EdgeEvent):
     """`actor_id` blocked `target_id`; follows both ways were removed."""
 
 
 @event_type("graph.unblocked", producer=PRODUCER)
-class Unblocked(_Edge):
+class Unblocked(EdgeEvent):
     """`actor_id` lifted a block on `target_id`."""
 
 
 @event_type("graph.muted", producer=PRODUCER)
-class Muted(_Edge):
+class Muted(EdgeEvent):
     """`actor_id` muted `target_id`."""
 
 
 @event_type("graph.unmuted", producer=PRODUCER)
-class Unmuted(_Edge):
+class Unmuted(EdgeEvent):
     """`actor_id` unmuted `target_id`."""

@@ -1,5 +1,9 @@
 """Follow, block and mute: the social graph's commands, each with its event in one transaction."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
 from sqlalchemy import and_, delete, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -83,25 +87,41 @@ async def _remove_follow(session: AsyncSession, follower: str, followee: str) ->
     return True
 
 
-def _rule(error: GraphRuleBroken) -> Problem:
-    return Problem(error.status, error.detail)
+@asynccontextmanager
+async def _change(db: Database) -> AsyncIterator[AsyncSession]:
+    """A graph transaction: a broken rule becomes a problem response, and losing a race to an
+    identical concurrent change (a primary-key conflict) counts as success."""
+    try:
+        async with db.transaction() as session:
+            yield session
+    except GraphRuleBroken as error:
+        raise Problem(error.status, error.detail) from error
+    except IntegrityError:
+        return
+
+
+async def _remove_edge(db: Database, columns: tuple[Any, Any], actor: str, target: str,
+                       event: type[events.EdgeEvent]) -> None:
+    """Delete the edge actor→target if it exists, with its event; absent is fine."""
+    source, destination = columns
+    async with db.transaction() as session:
+        await _target(session, target)
+        result = await session.execute(delete(source.class_).where(
+            source == actor, destination == target))
+        if result.rowcount:
+            await _emit(session, event(actor_id=actor, target_id=target), actor)
 
 
 async def follow(db: Database, *, actor: str, target: str) -> None:
     """`actor` follows `target`; following again changes nothing."""
-    try:
-        async with db.transaction() as session:
-            state = await _target_state(session, actor, target)
-            check_follow(actor, target, state)
-            if state.following:
-                return
-            await session.execute(insert(Follow).values(follower_id=actor, followee_id=target))
-            await _count_edge(session, actor, target, 1)
-            await _emit(session, events.Followed(actor_id=actor, target_id=target), actor)
-    except GraphRuleBroken as error:
-        raise _rule(error) from error
-    except IntegrityError:
-        return  # a concurrent identical follow committed first
+    async with _change(db) as session:
+        state = await _target_state(session, actor, target)
+        check_follow(actor, target, state)
+        if state.following:
+            return
+        await session.execute(insert(Follow).values(follower_id=actor, followee_id=target))
+        await _count_edge(session, actor, target, 1)
+        await _emit(session, events.Followed(actor_id=actor, target_id=target), actor)
 
 
 async def unfollow(db: Database, *, actor: str, target: str) -> None:
@@ -113,49 +133,31 @@ async def unfollow(db: Database, *, actor: str, target: str) -> None:
 
 async def block(db: Database, *, actor: str, target: str) -> None:
     """`actor` blocks `target`, which also removes the follows between them both ways."""
-    try:
-        async with db.transaction() as session:
-            check_not_self(actor, target, "block")
-            if (await _target_state(session, actor, target)).blocking:
-                return
-            await session.execute(insert(Block).values(blocker_id=actor, blocked_id=target))
-            await _remove_follow(session, actor, target)
-            await _remove_follow(session, target, actor)
-            await _emit(session, events.Blocked(actor_id=actor, target_id=target), actor)
-    except GraphRuleBroken as error:
-        raise _rule(error) from error
-    except IntegrityError:
-        return
+    async with _change(db) as session:
+        check_not_self(actor, target, "block")
+        if (await _target_state(session, actor, target)).blocking:
+            return
+        await session.execute(insert(Block).values(blocker_id=actor, blocked_id=target))
+        await _remove_follow(session, actor, target)
+        await _remove_follow(session, target, actor)
+        await _emit(session, events.Blocked(actor_id=actor, target_id=target), actor)
 
 
 async def unblock(db: Database, *, actor: str, target: str) -> None:
-    async with db.transaction() as session:
-        await _target(session, target)
-        result = await session.execute(delete(Block).where(
-            Block.blocker_id == actor, Block.blocked_id == target))
-        if result.rowcount:
-            await _emit(session, events.Unblocked(actor_id=actor, target_id=target), actor)
+    """`actor` lifts a block; not blocking is fine."""
+    await _remove_edge(db, (Block.blocker_id, Block.blocked_id), actor, target, events.Unblocked)
 
 
 async def mute(db: Database, *, actor: str, target: str) -> None:
-    try:
-        async with db.transaction() as session:
-            check_not_self(actor, target, "mute")
-            if (await _target_state(session, actor, target)).muting:
-                return
-            await session.execute(insert(Mute).values(muter_id=actor, muted_id=target))
-            await _emit(session, events.Muted(actor_id=actor, target_id=target), actor)
-    except GraphRuleBroken as error:
-        raise _rule(error) from error
-    except IntegrityError:
-        return
+    """`actor` mutes `target` (their posts leave the actor's timelines)."""
+    async with _change(db) as session:
+        check_not_self(actor, target, "mute")
+        if (await _target_state(session, actor, target)).muting:
+            return
+        await session.execute(insert(Mute).values(muter_id=actor, muted_id=target))
+        await _emit(session, events.Muted(actor_id=actor, target_id=target), actor)
 
 
 async def unmute(db: Database, *, actor: str, target: str) -> None:
-    async with db.transaction() as session:
-        await _target(session, target)
-        result = await session.execute(delete(Mute).where(
-            Mute.muter_id == actor, Mute.muted_id == target))
-        if result.rowcount:
-            await _emit(session, events.Unmuted(actor_id=actor, target_id=target), actor)
-
+    """`actor` unmutes `target`; not muting is fine."""
+    await _remove_edge(db, (Mute.muter_id, Mute.muted_id), actor, target, events.Unmuted)

@@ -73,6 +73,7 @@ class Account:
     user_id: str
     username: str
     headers: dict[str, str]
+    tokens: dict[str, str]
 
 
 def unique(prefix: str = "u") -> str:
@@ -91,7 +92,8 @@ def signup(client):
         login = await client.post("/api/auth/login",
                                   json={"username": username, "password": password})
         assert login.status_code == 200, login.text
-        token = login.json()["access_token"]
-        return Account(created.json()["user_id"], username, {"Authorization": f"Bearer {token}"})
+        tokens = login.json()
+        return Account(created.json()["user_id"], username,
+                       {"Authorization": f"Bearer {tokens['access_token']}"}, tokens)
 
     return make

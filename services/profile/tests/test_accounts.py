@@ -97,12 +97,9 @@ async def test_wrong_password_is_401_problem(client, signup):
     assert response.headers["content-type"].startswith(PROBLEM)
 
 
-async def test_refresh_returns_a_working_access_token(client):
-    username = unique()
-    await client.post("/api/auth/signup", json={
-        "username": username, "email": f"{username}@example.com", "password": "abcdefg1"})
-    tokens = (await client.post("/api/auth/login",
-                                json={"username": username, "password": "abcdefg1"})).json()
+async def test_refresh_returns_a_working_access_token(client, signup):
+    account = await signup()
+    tokens = account.tokens
     refreshed = await client.post("/api/auth/refresh",
                                   json={"refresh_token": tokens["refresh_token"]})
     assert refreshed.status_code == 200
@@ -110,7 +107,7 @@ async def test_refresh_returns_a_working_access_token(client):
     assert fresh["refresh_token"] == tokens["refresh_token"]
     me = await client.get("/api/profiles/me",
                           headers={"Authorization": f"Bearer {fresh['access_token']}"})
-    assert me.status_code == 200 and me.json()["username"] == username
+    assert me.status_code == 200 and me.json()["username"] == account.username
 
 
 async def test_bad_refresh_token_is_401(client):
@@ -118,14 +115,10 @@ async def test_bad_refresh_token_is_401(client):
     assert response.status_code == 401
 
 
-async def test_id_token_is_not_accepted_as_access_token(client):
-    username = unique()
-    await client.post("/api/auth/signup", json={
-        "username": username, "email": f"{username}@example.com", "password": "abcdefg1"})
-    tokens = (await client.post("/api/auth/login",
-                                json={"username": username, "password": "abcdefg1"})).json()
+async def test_id_token_is_not_accepted_as_access_token(client, signup):
+    account = await signup()
     response = await client.get("/api/profiles/me",
-                                headers={"Authorization": f"Bearer {tokens['id_token']}"})
+                                headers={"Authorization": f"Bearer {account.tokens['id_token']}"})
     assert response.status_code == 401
 
 

@@ -22,10 +22,11 @@ SNS_BATCH = 10
 
 async def add_event(session: AsyncSession, outbox: Table, envelope: Envelope) -> None:
     """Stage an event in the caller's transaction; it is published only if that commits."""
-    await session.execute(insert(outbox).values(
-        event_id=envelope.id, event_type=envelope.type, aggregate=envelope.subject,
-        payload=envelope.model_dump(mode="json"), created_at=envelope.occurred_at, attempts=0,
-    ))
+    await session.execute(insert(outbox), {
+        "event_id": envelope.id, "event_type": envelope.type, "aggregate": envelope.subject,
+        "payload": envelope.model_dump(mode="json"), "created_at": envelope.occurred_at,
+        "attempts": 0,
+    })
     session.info["outbox_dirty"] = True
 
 

@@ -4,11 +4,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chassis.db import Database
+from chassis.db import Database, utcnow
 from chassis.events import EventData, new_event
 from chassis.outbox import add_event
 from chassis.problems import Problem, not_found
@@ -20,29 +20,38 @@ from .models import Base, Block, Follow, Mute, Profile
 OUTBOX = Base.metadata.tables["outbox"]
 
 
-def _relationship_query(actor: str, target: str):  # noqa: ANN202
-    def edge(model: type, a_col: str, b_col: str, a: str, b: str):  # noqa: ANN202
-        return exists().where(getattr(model, a_col) == a, getattr(model, b_col) == b)
+# Statements are built once: constructing SQLAlchemy expressions per request cost more CPU
+# than running them. Table-level (Core) statements also skip the ORM's session bookkeeping.
+_ACTOR, _TARGET, _USER, _DELTA = (bindparam(n) for n in ("actor", "target", "user", "delta"))
+_FOLLOWS, _BLOCKS, _MUTES, _PROFILES = (m.__table__ for m in (Follow, Block, Mute, Profile))
+_RELATIONSHIP = select(
+    exists().where(_FOLLOWS.c.follower_id == _ACTOR, _FOLLOWS.c.followee_id == _TARGET),
+    exists().where(_FOLLOWS.c.follower_id == _TARGET, _FOLLOWS.c.followee_id == _ACTOR),
+    exists().where(_BLOCKS.c.blocker_id == _ACTOR, _BLOCKS.c.blocked_id == _TARGET),
+    exists().where(_BLOCKS.c.blocker_id == _TARGET, _BLOCKS.c.blocked_id == _ACTOR),
+    exists().where(_MUTES.c.muter_id == _ACTOR, _MUTES.c.muted_id == _TARGET),
+    exists().where(_PROFILES.c.user_id == _TARGET),
+)
+_BUMP = {column: update(_PROFILES).where(_PROFILES.c.user_id == _USER)
+         .values({column: _PROFILES.c[column] + _DELTA})
+         for column in ("following_count", "followers_count")}
+_UNFOLLOW = delete(_FOLLOWS).where(_FOLLOWS.c.follower_id == _ACTOR,
+                                   _FOLLOWS.c.followee_id == _TARGET)
 
-    return select(
-        edge(Follow, "follower_id", "followee_id", actor, target),
-        edge(Follow, "follower_id", "followee_id", target, actor),
-        edge(Block, "blocker_id", "blocked_id", actor, target),
-        edge(Block, "blocker_id", "blocked_id", target, actor),
-        edge(Mute, "muter_id", "muted_id", actor, target),
-        exists().where(Profile.user_id == target),
-    )
+
+async def _relationship_row(session: AsyncSession, actor: str, target: str) -> Any:
+    return (await session.execute(_RELATIONSHIP, {"actor": actor, "target": target})).one()
 
 
 async def relationship(session: AsyncSession, actor: str, target: str) -> Relationship:
     """The caller's relationship to `target`, read in one query."""
-    row = (await session.execute(_relationship_query(actor, target))).one()
+    row = await _relationship_row(session, actor, target)
     return Relationship(*(bool(v) for v in row[:5]))
 
 
 async def _target_state(session: AsyncSession, actor: str, target: str) -> Relationship:
     """The relationship to `target`, or 404 if there is no such user (one query)."""
-    row = (await session.execute(_relationship_query(actor, target))).one()
+    row = await _relationship_row(session, actor, target)
     if not row[5]:
         raise not_found("user")
     return Relationship(*(bool(v) for v in row[:5]))
@@ -70,16 +79,13 @@ async def _emit(session: AsyncSession, data: EventData, actor: str) -> None:
 async def _count_edge(session: AsyncSession, follower: str, followee: str, delta: int) -> None:
     """Move both users' counters, locking their rows in id order so that concurrent
     opposite follows cannot deadlock."""
-    changes = {follower: Profile.following_count, followee: Profile.followers_count}
+    changes = {follower: "following_count", followee: "followers_count"}
     for user_id in sorted(changes):
-        column = changes[user_id]
-        await session.execute(update(Profile).where(Profile.user_id == user_id)
-                              .values({column.key: column + delta}))
+        await session.execute(_BUMP[changes[user_id]], {"user": user_id, "delta": delta})
 
 
 async def _remove_follow(session: AsyncSession, follower: str, followee: str) -> bool:
-    result = await session.execute(delete(Follow).where(
-        Follow.follower_id == follower, Follow.followee_id == followee))
+    result = await session.execute(_UNFOLLOW, {"actor": follower, "target": followee})
     if not result.rowcount:
         return False
     await _count_edge(session, follower, followee, -1)
@@ -119,7 +125,8 @@ async def follow(db: Database, *, actor: str, target: str) -> None:
         check_follow(actor, target, state)
         if state.following:
             return
-        await session.execute(insert(Follow).values(follower_id=actor, followee_id=target))
+        await session.execute(insert(_FOLLOWS), {"follower_id": actor, "followee_id": target,
+                                                 "created_at": utcnow()})
         await _count_edge(session, actor, target, 1)
         await _emit(session, events.Followed(actor_id=actor, target_id=target), actor)
 

@@ -162,7 +162,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _database(request: Request) -> Database:
+async def _database(request: Request) -> Database:
+    # async: FastAPI runs a plain `def` dependency on a worker thread, a costly hop per request
     return request.app.state.db
 
 

@@ -1,5 +1,6 @@
 """OpenTelemetry: one tracer provider per process, W3C context in headers and message attributes."""
 
+import functools
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -20,7 +21,9 @@ def configure_tracing(service_name: str) -> None:
     _configured = True
 
 
+@functools.cache
 def tracer() -> trace.Tracer:
+    """The process's tracer; looked up once, as the lookup is costly on every request."""
     return trace.get_tracer("asyncsns")
 
 

@@ -60,7 +60,7 @@ def _view(profile: Profile, relationship: RelationshipView | None = None) -> Pro
         created_at=profile.created_at, relationship=relationship)
 
 
-def _cache(request: Request) -> ViewCache:
+async def _cache(request: Request) -> ViewCache:
     return request.app.state.profile_cache
 
 

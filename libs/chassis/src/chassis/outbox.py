@@ -18,6 +18,7 @@ from .observability import OUTBOX_FAILURES, OUTBOX_LAG, OUTBOX_PENDING, OUTBOX_P
 
 log = logging.getLogger("chassis.outbox")
 SNS_BATCH = 10
+LINGER_S = 0.02
 
 
 async def add_event(session: AsyncSession, outbox: Table, envelope: Envelope) -> None:
@@ -107,10 +108,13 @@ class OutboxRelay:
                 self.healthy = False
                 published = 0
                 backoff = min(backoff * 2, 30.0)
-            if published == 0:
+            if published < self._batch:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+                # Let the commits of a burst gather: one SNS call then carries many events,
+                # where waking on each commit would sign and send one request per event.
+                await asyncio.sleep(LINGER_S)
 
     async def publish_pending(self) -> int:
         """One pass: publish up to a batch of pending rows; returns how many were published."""

@@ -7,7 +7,7 @@ from pydantic import BaseModel, EmailStr, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from chassis.db import DatabaseDep, utcnow
+from chassis.db import Database, DatabaseDep, utcnow
 from chassis.events import new_event
 from chassis.idempotency import IdempotencyKey, once
 from chassis.outbox import add_event
@@ -94,7 +94,7 @@ async def sign_up(body: SignUp, db: DatabaseDep, accounts: AccountsDep,
                                  request=request, create=create))
 
 
-async def _create_account(body: SignUp, db, accounts: Accounts) -> SignedUp:  # noqa: ANN001
+async def _create_account(body: SignUp, db: Database, accounts: Accounts) -> SignedUp:
     async with db.sessions() as session:
         taken = await session.scalar(
             select(Profile.user_id).where(Profile.username == body.username))

@@ -4,7 +4,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Exists,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -57,7 +68,7 @@ async def _target_state(session: AsyncSession, actor: str, target: str) -> Relat
     return Relationship(*(bool(v) for v in row[:5]))
 
 
-def blocked_either_way(viewer: str, user_column):  # noqa: ANN001, ANN201
+def blocked_either_way(viewer: str, user_column: ColumnElement[str]) -> Exists:
     """SQL condition: `viewer` and the user in `user_column` have blocked one another."""
     return exists().where(or_(
         and_(Block.blocker_id == viewer, Block.blocked_id == user_column),

@@ -1,5 +1,6 @@
 """Profiles and graph lists: /api/profiles/*."""
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -10,7 +11,7 @@ from sqlalchemy import Select, and_, not_, or_, select
 
 from chassis.auth import CurrentUser
 from chassis.cache import ViewCache
-from chassis.db import DatabaseDep, utcnow
+from chassis.db import Database, DatabaseDep, utcnow
 from chassis.events import new_event
 from chassis.outbox import add_event
 from chassis.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
@@ -23,6 +24,8 @@ from .models import Base, Follow, Profile
 
 router = APIRouter(prefix="/api/profiles", tags=["profiles"])
 OUTBOX = Base.metadata.tables["outbox"]
+Side = Literal["followers", "following"]
+GraphCommand = Callable[..., Awaitable[None]]
 
 
 class RelationshipView(BaseModel):
@@ -67,7 +70,7 @@ async def _cache(request: Request) -> ViewCache:
 CacheDep = Annotated[ViewCache, Depends(_cache)]
 
 
-async def _base_view(db, cache: ViewCache, user_id: str) -> dict | None:  # noqa: ANN001
+async def _base_view(db: Database, cache: ViewCache, user_id: str) -> dict | None:
     """The profile as anyone sees it (no relationship), from the cache or the database."""
 
     async def load() -> bytes | None:
@@ -79,7 +82,8 @@ async def _base_view(db, cache: ViewCache, user_id: str) -> dict | None:  # noqa
     return orjson.loads(raw) if raw else None
 
 
-async def _visible(db, cache: ViewCache, viewer: str, user_id: str | None) -> Response:  # noqa: ANN001
+async def _visible(db: Database, cache: ViewCache, viewer: str,
+                   user_id: str | None) -> Response:
     """The profile as `viewer` may see it: 404 if missing or if its owner blocked the viewer."""
     view = await _base_view(db, cache, user_id) if user_id else None
     if view is None:
@@ -139,7 +143,7 @@ async def get_profile(user_id: str, user: CurrentUser, db: DatabaseDep,
     return await _visible(db, cache, user.id, user_id)
 
 
-def _edge_routes(name: str, add, remove) -> None:  # noqa: ANN001
+def _edge_routes(name: str, add: GraphCommand, remove: GraphCommand) -> None:
     async def put(user_id: str, user: CurrentUser, db: DatabaseDep, cache: CacheDep) -> Response:
         await add(db, actor=user.id, target=user_id)
         await cache.forget(user.id, user_id)
@@ -164,7 +168,7 @@ _edge_routes("block", graph.block, graph.unblock)
 _edge_routes("mute", graph.mute, graph.unmute)
 
 
-def _list_query(viewer: str, user_id: str, side: Literal["followers", "following"]) -> Select:
+def _list_query(viewer: str, user_id: str, side: Side) -> Select:
     other = Follow.follower_id if side == "followers" else Follow.followee_id
     mine = Follow.followee_id if side == "followers" else Follow.follower_id
     return (select(Profile, Follow.created_at)
@@ -172,7 +176,7 @@ def _list_query(viewer: str, user_id: str, side: Literal["followers", "following
             .where(mine == user_id, not_(graph.blocked_either_way(viewer, Profile.user_id))))
 
 
-async def _graph_page(db, viewer: str, user_id: str, side, limit: int,  # noqa: ANN001
+async def _graph_page(db: Database, viewer: str, user_id: str, side: Side, limit: int,
                       cursor: str | None) -> Page[ProfileView]:
     position = decode_cursor(cursor, "t", "id")
     async with db.sessions() as session:

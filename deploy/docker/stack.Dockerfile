@@ -32,12 +32,12 @@ FROM ${PYTHON_IMAGE} AS runtime
 ARG APP
 ARG PORT
 ARG HEALTH_PATH
-# /shared is where compose's provision step leaves each service's generated settings;
-# creating it here gives the volume mounted over it this owner.
+# /shared is where compose's provision step leaves each service's generated settings, /data
+# where moto keeps its state; a new named volume mounted over either takes this owner.
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-create-home --shell /usr/sbin/nologin app \
-    && mkdir /shared \
-    && chown app:app /shared
+    && mkdir /shared /data \
+    && chown app:app /shared /data
 COPY --from=builder /app/.venv /app/.venv
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

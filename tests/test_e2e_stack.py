@@ -1,6 +1,7 @@
 """End to end through the gateway of `asyncsns-stack up`: accounts, the graph, a restart."""
 
 import signal
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,3 +89,15 @@ def test_follow_block_and_a_restart_that_keeps_users(stack: RunningStack,
         bob_again = api.get("/api/profiles/me", headers=log_in(api, "bob")).json()
         assert bob_again["user_id"] == bob
         assert bob_again["followers_count"] == bob_again["following_count"] == 0
+
+
+def test_the_stack_runs_on_postgresql_when_given_a_server(tmp_path: Path, postgres_server) -> None:
+    database = f"e2e_{uuid.uuid4().hex[:12]}"
+    template = postgres_server.url_for(database).replace(database, "{service}_" + database)
+    with running_stack(tmp_path / "data", "--database-url", template) as running:
+        with httpx.Client(base_url=running.url, timeout=30) as api:
+            user_id, headers = sign_up_and_log_in(api, "pg_ada")
+            me = api.get("/api/profiles/me", headers=headers)
+        assert me.status_code == 200 and me.json()["user_id"] == user_id
+        assert not list((tmp_path / "data").glob("*.db")), "no SQLite file when given a server"
+    postgres_server.execute(f'DROP DATABASE IF EXISTS "profile_{database}" WITH (FORCE)')

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -151,6 +152,23 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def ensure_database(url: str) -> None:
+    """Create the PostgreSQL database that `url` names unless it exists (local stacks)."""
+    import asyncpg
+
+    parsed = make_url(url)
+    name = parsed.database or ""
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        raise ValueError(f"refusing to create database {name!r}")
+    admin = parsed.set(drivername="postgresql", database="postgres")
+    conn = await asyncpg.connect(admin.render_as_string(hide_password=False))
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

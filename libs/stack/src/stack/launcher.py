@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> None:
                      help="services listen on the ports after this one")
     cmd.add_argument("--topology", default="stack.topology:TOPOLOGY", help=argparse.SUPPRESS)
     cmd.add_argument("--timeout", type=float, default=90.0, help="seconds to come up")
+    cmd.add_argument("--database-url", metavar="TEMPLATE",
+                     help="e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/{service} "
+                          "(created if missing); default: a SQLite file per service")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"--replicas names unknown services: {sorted(unknown)}")
     options = Options(host=args.host, port=args.port, data_dir=args.data_dir, replicas=replicas,
-                      base_port=args.base_port, topology=topology, timeout_s=args.timeout)
+                      base_port=args.base_port, topology=topology, timeout_s=args.timeout,
+                      database_url=args.database_url)
     sys.exit(up(options))
 
 

@@ -1,5 +1,6 @@
 """The processes of one local stack: moto, redis, the services, the health app and nginx."""
 
+import asyncio
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from chassis.db import ensure_database
 from chassis.ports import free_port_block
 
 from .gateway import prepare_local
@@ -31,7 +33,13 @@ class Options:
     base_port: int
     topology: Topology
     timeout_s: float
+    database_url: str | None = None
 
+    def database_for(self, service: str) -> str:
+        """The service's database: a SQLite file in the data dir, or one on a given server."""
+        if self.database_url:
+            return self.database_url.format(service=service)
+        return f"sqlite+aiosqlite:///{self.data_dir.resolve() / f'{service}.db'}"
 
 
 class Stack:
@@ -109,7 +117,9 @@ class Stack:
         upstreams: dict[str, list[str]] = {}
         waves: list[list[tuple[Child, int]]] = [[], []]
         for service in opts.topology.services:
-            db = f"sqlite+aiosqlite:///{self.data / f'{service.name}.db'}"
+            db = opts.database_for(service.name)
+            if not db.startswith("sqlite"):
+                asyncio.run(ensure_database(db))
             env = service_env(outputs, service.name, database_url=db, redis_url=redis_url,
                               endpoint_url=endpoint, topology=opts.topology)
             for replica in range(opts.replicas.get(service.name, 1)):

@@ -2,12 +2,15 @@
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import re
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from sqlalchemy import (
@@ -23,7 +26,7 @@ from sqlalchemy import (
     event,
     text,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, Engine, create_engine, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -32,6 +35,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.types import TypeDecorator
 
+T = TypeVar("T")
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -128,6 +132,13 @@ class Database:
         # SQLite has one writer at a time; queueing writers here is far cheaper than letting
         # them meet in SQLite's busy handler, which sleeps up to 100 ms per retry.
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        self._sync_engine: Engine | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        if self.dialect == "sqlite":
+            self._sync_engine = create_engine(parsed.set(drivername="sqlite"),
+                                              connect_args={"timeout": 30})
+            event.listen(self._sync_engine, "connect", _sqlite_pragmas)
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
 
     async def create_all(self, metadata: MetaData) -> None:
         async with self.engine.begin() as conn:
@@ -150,8 +161,46 @@ class Database:
                 for hook in self.on_events_committed:
                     hook()
 
+    async def run(self, unit: Callable[[Connection], T]) -> T:
+        """Run a synchronous unit of work in one transaction; returns what it returns.
+
+        On SQLite the whole unit runs on one writer thread: a single hand-off, where
+        aiosqlite makes several per statement (a follow went from ~3.5 ms to ~0.5 ms).
+        Elsewhere it runs over the async driver through `run_sync`.
+        """
+        if self._sync_engine is not None and self._write_lock is not None:
+            async with self._write_lock:
+                job = functools.partial(contextvars.copy_context().run, self._run_unit, unit)
+                result, staged = await asyncio.get_running_loop().run_in_executor(
+                    self._writer, job)
+        else:
+            async with self.engine.begin() as conn:
+                result, staged = await conn.run_sync(_in_transaction, unit)
+        if staged:
+            for hook in self.on_events_committed:
+                hook()
+        return result
+
+    def _run_unit(self, unit: Callable[[Connection], T]) -> tuple[T, bool]:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as conn:
+            return _in_transaction(conn, unit)
+
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+
+
+def _in_transaction(conn: Connection, unit: Callable[[Connection], T]) -> tuple[T, bool]:
+    """Run `unit`, reporting whether it staged outbox events (the flag lives on the pooled
+    connection, so it is cleared even when the unit fails)."""
+    try:
+        return unit(conn), bool(conn.info.get("outbox_dirty"))
+    finally:
+        conn.info.pop("outbox_dirty", None)
 
 
 async def ensure_database(url: str) -> None:

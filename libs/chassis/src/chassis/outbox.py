@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import MetaData, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,14 +22,22 @@ SNS_BATCH = 10
 LINGER_S = 0.02
 
 
+def _row(envelope: Envelope) -> dict[str, Any]:
+    return {"event_id": envelope.id, "event_type": envelope.type, "aggregate": envelope.subject,
+            "payload": envelope.model_dump(mode="json"), "created_at": envelope.occurred_at,
+            "attempts": 0}
+
+
 async def add_event(session: AsyncSession, outbox: Table, envelope: Envelope) -> None:
     """Stage an event in the caller's transaction; it is published only if that commits."""
-    await session.execute(insert(outbox), {
-        "event_id": envelope.id, "event_type": envelope.type, "aggregate": envelope.subject,
-        "payload": envelope.model_dump(mode="json"), "created_at": envelope.occurred_at,
-        "attempts": 0,
-    })
+    await session.execute(insert(outbox), _row(envelope))
     session.info["outbox_dirty"] = True
+
+
+def stage_event(conn: Connection, outbox: Table, envelope: Envelope) -> None:
+    """`add_event` for a synchronous unit of work run by `Database.run`."""
+    conn.execute(insert(outbox), _row(envelope))
+    conn.info["outbox_dirty"] = True
 
 
 class Lease:

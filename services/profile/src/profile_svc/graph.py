@@ -1,7 +1,11 @@
-"""Follow, block and mute: the social graph's commands, each with its event in one transaction."""
+"""Follow, block and mute: the social graph's commands, each with its event in one transaction.
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+Each command is a synchronous unit of work over a Core connection, run by `Database.run`
+(on SQLite's writer thread, or over the async driver elsewhere); `change` is the async entry.
+"""
+
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
@@ -16,12 +20,13 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.db import Database, utcnow
 from chassis.events import EventData, new_event
-from chassis.outbox import add_event
+from chassis.outbox import stage_event
 from chassis.problems import Problem, not_found
 
 from . import events
@@ -29,7 +34,7 @@ from .domain import GraphRuleBroken, Relationship, check_follow, check_not_self
 from .models import Base, Block, Follow, Mute, Profile
 
 OUTBOX = Base.metadata.tables["outbox"]
-
+Command = Callable[..., None]
 
 # Statements are built once: constructing SQLAlchemy expressions per request cost more CPU
 # than running them. Table-level (Core) statements also skip the ORM's session bookkeeping.
@@ -46,26 +51,20 @@ _RELATIONSHIP = select(
 _BUMP = {column: update(_PROFILES).where(_PROFILES.c.user_id == _USER)
          .values({column: _PROFILES.c[column] + _DELTA})
          for column in ("following_count", "followers_count")}
-_UNFOLLOW = delete(_FOLLOWS).where(_FOLLOWS.c.follower_id == _ACTOR,
-                                   _FOLLOWS.c.followee_id == _TARGET)
+_EDGES = {table.name: (table, *table.primary_key.columns) for table in (_FOLLOWS, _BLOCKS, _MUTES)}
+_DELETE_EDGE = {name: delete(table).where(source == _ACTOR, destination == _TARGET)
+                for name, (table, source, destination) in _EDGES.items()}
+_INSERT_EDGE = {name: insert(table) for name, (table, _, _) in _EDGES.items()}
 
 
-async def _relationship_row(session: AsyncSession, actor: str, target: str) -> Any:
-    return (await session.execute(_RELATIONSHIP, {"actor": actor, "target": target})).one()
+def _relationship(row: Any) -> Relationship:
+    return Relationship(*(bool(v) for v in row[:5]))
 
 
 async def relationship(session: AsyncSession, actor: str, target: str) -> Relationship:
     """The caller's relationship to `target`, read in one query."""
-    row = await _relationship_row(session, actor, target)
-    return Relationship(*(bool(v) for v in row[:5]))
-
-
-async def _target_state(session: AsyncSession, actor: str, target: str) -> Relationship:
-    """The relationship to `target`, or 404 if there is no such user (one query)."""
-    row = await _relationship_row(session, actor, target)
-    if not row[5]:
-        raise not_found("user")
-    return Relationship(*(bool(v) for v in row[:5]))
+    return _relationship((await session.execute(
+        _RELATIONSHIP, {"actor": actor, "target": target})).one())
 
 
 def blocked_either_way(viewer: str, user_column: ColumnElement[str]) -> Exists:
@@ -75,107 +74,100 @@ def blocked_either_way(viewer: str, user_column: ColumnElement[str]) -> Exists:
         and_(Block.blocker_id == user_column, Block.blocked_id == viewer)))
 
 
-async def _target(session: AsyncSession, target: str) -> Profile:
-    profile = await session.get(Profile, target)
-    if profile is None:
-        raise not_found("user")
-    return profile
-
-
-async def _emit(session: AsyncSession, data: EventData, actor: str) -> None:
-    await add_event(session, OUTBOX, new_event(data, producer=events.PRODUCER,
-                                               subject=f"user:{actor}", actor=actor))
-
-
-async def _count_edge(session: AsyncSession, follower: str, followee: str, delta: int) -> None:
-    """Move both users' counters, locking their rows in id order so that concurrent
-    opposite follows cannot deadlock."""
-    changes = {follower: "following_count", followee: "followers_count"}
-    for user_id in sorted(changes):
-        await session.execute(_BUMP[changes[user_id]], {"user": user_id, "delta": delta})
-
-
-async def _remove_follow(session: AsyncSession, follower: str, followee: str) -> bool:
-    result = await session.execute(_UNFOLLOW, {"actor": follower, "target": followee})
-    if not result.rowcount:
-        return False
-    await _count_edge(session, follower, followee, -1)
-    await _emit(session, events.Unfollowed(actor_id=follower, target_id=followee), follower)
-    return True
-
-
-@asynccontextmanager
-async def _change(db: Database) -> AsyncIterator[AsyncSession]:
-    """A graph transaction: a broken rule becomes a problem response, and losing a race to an
-    identical concurrent change (a primary-key conflict) counts as success."""
+async def change(db: Database, command: Command, *, actor: str, target: str) -> None:
+    """Run a graph command: a broken rule becomes a problem response, and losing a race to
+    an identical concurrent change (a primary-key conflict) counts as success."""
     try:
-        async with db.transaction() as session:
-            yield session
+        await db.run(functools.partial(command, actor=actor, target=target))
     except GraphRuleBroken as error:
         raise Problem(error.status, error.detail) from error
     except IntegrityError:
         return
 
 
-async def _remove_edge(db: Database, columns: tuple[Any, Any], actor: str, target: str,
-                       event: type[events.EdgeEvent]) -> None:
-    """Delete the edge actor→target if it exists, with its event; absent is fine."""
-    source, destination = columns
-    async with db.transaction() as session:
-        await _target(session, target)
-        result = await session.execute(delete(source.class_).where(
-            source == actor, destination == target))
-        if result.rowcount:
-            await _emit(session, event(actor_id=actor, target_id=target), actor)
+def _target_state(conn: Connection, actor: str, target: str) -> Relationship:
+    """The relationship to `target`, or 404 if there is no such user (one query)."""
+    row = conn.execute(_RELATIONSHIP, {"actor": actor, "target": target}).one()
+    if not row[5]:
+        raise not_found("user")
+    return _relationship(row)
 
 
-async def follow(db: Database, *, actor: str, target: str) -> None:
+def _emit(conn: Connection, data: EventData, actor: str) -> None:
+    stage_event(conn, OUTBOX, new_event(data, producer=events.PRODUCER,
+                                        subject=f"user:{actor}", actor=actor))
+
+
+def _add_edge(conn: Connection, table: str, actor: str, target: str) -> None:
+    source, destination = (c.name for c in _EDGES[table][1:])
+    conn.execute(_INSERT_EDGE[table], {source: actor, destination: target,
+                                       "created_at": utcnow()})
+
+
+def _remove_edge(conn: Connection, table: str, actor: str, target: str) -> bool:
+    return bool(conn.execute(_DELETE_EDGE[table], {"actor": actor, "target": target}).rowcount)
+
+
+def _count_edge(conn: Connection, follower: str, followee: str, delta: int) -> None:
+    """Move both users' counters, locking their rows in id order so that concurrent
+    opposite follows cannot deadlock."""
+    changes = {follower: "following_count", followee: "followers_count"}
+    for user_id in sorted(changes):
+        conn.execute(_BUMP[changes[user_id]], {"user": user_id, "delta": delta})
+
+
+def _unfollow_edge(conn: Connection, follower: str, followee: str) -> None:
+    if _remove_edge(conn, "follows", follower, followee):
+        _count_edge(conn, follower, followee, -1)
+        _emit(conn, events.Unfollowed(actor_id=follower, target_id=followee), follower)
+
+
+def follow(conn: Connection, *, actor: str, target: str) -> None:
     """`actor` follows `target`; following again changes nothing."""
-    async with _change(db) as session:
-        state = await _target_state(session, actor, target)
-        check_follow(actor, target, state)
-        if state.following:
-            return
-        await session.execute(insert(_FOLLOWS), {"follower_id": actor, "followee_id": target,
-                                                 "created_at": utcnow()})
-        await _count_edge(session, actor, target, 1)
-        await _emit(session, events.Followed(actor_id=actor, target_id=target), actor)
+    state = _target_state(conn, actor, target)
+    check_follow(actor, target, state)
+    if state.following:
+        return
+    _add_edge(conn, "follows", actor, target)
+    _count_edge(conn, actor, target, 1)
+    _emit(conn, events.Followed(actor_id=actor, target_id=target), actor)
 
 
-async def unfollow(db: Database, *, actor: str, target: str) -> None:
+def unfollow(conn: Connection, *, actor: str, target: str) -> None:
     """`actor` stops following `target`; not following is fine."""
-    async with db.transaction() as session:
-        await _target(session, target)
-        await _remove_follow(session, actor, target)
+    _target_state(conn, actor, target)
+    _unfollow_edge(conn, actor, target)
 
 
-async def block(db: Database, *, actor: str, target: str) -> None:
+def block(conn: Connection, *, actor: str, target: str) -> None:
     """`actor` blocks `target`, which also removes the follows between them both ways."""
-    async with _change(db) as session:
-        check_not_self(actor, target, "block")
-        if (await _target_state(session, actor, target)).blocking:
-            return
-        await session.execute(insert(Block).values(blocker_id=actor, blocked_id=target))
-        await _remove_follow(session, actor, target)
-        await _remove_follow(session, target, actor)
-        await _emit(session, events.Blocked(actor_id=actor, target_id=target), actor)
+    check_not_self(actor, target, "block")
+    if _target_state(conn, actor, target).blocking:
+        return
+    _add_edge(conn, "blocks", actor, target)
+    _unfollow_edge(conn, actor, target)
+    _unfollow_edge(conn, target, actor)
+    _emit(conn, events.Blocked(actor_id=actor, target_id=target), actor)
 
 
-async def unblock(db: Database, *, actor: str, target: str) -> None:
+def unblock(conn: Connection, *, actor: str, target: str) -> None:
     """`actor` lifts a block; not blocking is fine."""
-    await _remove_edge(db, (Block.blocker_id, Block.blocked_id), actor, target, events.Unblocked)
+    _target_state(conn, actor, target)
+    if _remove_edge(conn, "blocks", actor, target):
+        _emit(conn, events.Unblocked(actor_id=actor, target_id=target), actor)
 
 
-async def mute(db: Database, *, actor: str, target: str) -> None:
+def mute(conn: Connection, *, actor: str, target: str) -> None:
     """`actor` mutes `target` (their posts leave the actor's timelines)."""
-    async with _change(db) as session:
-        check_not_self(actor, target, "mute")
-        if (await _target_state(session, actor, target)).muting:
-            return
-        await session.execute(insert(Mute).values(muter_id=actor, muted_id=target))
-        await _emit(session, events.Muted(actor_id=actor, target_id=target), actor)
+    check_not_self(actor, target, "mute")
+    if _target_state(conn, actor, target).muting:
+        return
+    _add_edge(conn, "mutes", actor, target)
+    _emit(conn, events.Muted(actor_id=actor, target_id=target), actor)
 
 
-async def unmute(db: Database, *, actor: str, target: str) -> None:
+def unmute(conn: Connection, *, actor: str, target: str) -> None:
     """`actor` unmutes `target`; not muting is fine."""
-    await _remove_edge(db, (Mute.muter_id, Mute.muted_id), actor, target, events.Unmuted)
+    _target_state(conn, actor, target)
+    if _remove_edge(conn, "mutes", actor, target):
+        _emit(conn, events.Unmuted(actor_id=actor, target_id=target), actor)

@@ -1,6 +1,5 @@
 """Profiles and graph lists: /api/profiles/*."""
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -25,7 +24,6 @@ from .models import Base, Follow, Profile
 router = APIRouter(prefix="/api/profiles", tags=["profiles"])
 OUTBOX = Base.metadata.tables["outbox"]
 Side = Literal["followers", "following"]
-GraphCommand = Callable[..., Awaitable[None]]
 
 
 class RelationshipView(BaseModel):
@@ -143,15 +141,15 @@ async def get_profile(user_id: str, user: CurrentUser, db: DatabaseDep,
     return await _visible(db, cache, user.id, user_id)
 
 
-def _edge_routes(name: str, add: GraphCommand, remove: GraphCommand) -> None:
+def _edge_routes(name: str, add: graph.Command, remove: graph.Command) -> None:
     async def put(user_id: str, user: CurrentUser, db: DatabaseDep, cache: CacheDep) -> Response:
-        await add(db, actor=user.id, target=user_id)
+        await graph.change(db, add, actor=user.id, target=user_id)
         await cache.forget(user.id, user_id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     async def delete(user_id: str, user: CurrentUser, db: DatabaseDep,
                      cache: CacheDep) -> Response:
-        await remove(db, actor=user.id, target=user_id)
+        await graph.change(db, remove, actor=user.id, target=user_id)
         await cache.forget(user.id, user_id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -1,9 +1,10 @@
 """`Database.run`: a synchronous unit of work commits whole or not at all, on every backend."""
 
 import asyncio
+import time
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from chassis.outbox import stage_event
 
@@ -47,3 +48,17 @@ async def test_concurrent_units_all_commit(db):
 
     await asyncio.gather(*(db.database.run(unit(n)) for n in range(50)))
     assert await db.count("effects") == 50
+
+
+async def test_cancelling_a_running_unit_is_a_cancellation_not_a_driver_error(db):
+    def slow(conn):
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_sleep(2)"))
+        else:
+            time.sleep(0.5)  # on SQLite's writer thread: the event loop stays free
+
+    task = asyncio.create_task(db.database.run(slow))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -174,8 +174,16 @@ class Database:
                 result, staged = await asyncio.get_running_loop().run_in_executor(
                     self._writer, job)
         else:
-            async with self.engine.begin() as conn:
-                result, staged = await conn.run_sync(_in_transaction, unit)
+            try:
+                async with self.engine.begin() as conn:
+                    result, staged = await conn.run_sync(_in_transaction, unit)
+            except Exception:
+                # A cancellation that reaches the unit inside run_sync's greenlet comes out
+                # as a driver error; the caller must still see it as a cancellation.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from None
+                raise
         if staged:
             for hook in self.on_events_committed:
                 hook()

@@ -2,10 +2,11 @@
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import MetaData, Table, and_, delete, func, insert, or_, select, update
@@ -49,22 +50,35 @@ class Lease:
         self._name = name
         self._ttl = timedelta(seconds=ttl_s)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._held_until: datetime | None = None
 
     async def acquire(self) -> bool:
-        """Take or renew the lease; False while another holder's lease is live."""
+        """Take or renew the lease; False while another holder's lease is live.
+
+        A lease held with more than half its time left is kept without a write: the relay
+        asks on every pass, and a write per pass would queue behind the service's writers.
+        """
         now = utcnow()
+        if self._held_until is not None and self._held_until - now > self._ttl / 2:
+            return True
+        self._held_until = None
+        if await self._db.run(functools.partial(self._take, now=now)):
+            self._held_until = now + self._ttl
+            return True
+        return False
+
+    def _take(self, conn: Connection, *, now: datetime) -> bool:
         table = self._table
-        async with self._db.transaction() as session:
-            result = await session.execute(
-                update(table)
-                .where(table.c.name == self._name,
-                       or_(table.c.holder == self.holder, table.c.expires_at < now))
-                .values(holder=self.holder, expires_at=now + self._ttl))
-            if result.rowcount == 1:
-                return True
+        taken = conn.execute(
+            update(table)
+            .where(table.c.name == self._name,
+                   or_(table.c.holder == self.holder, table.c.expires_at < now))
+            .values(holder=self.holder, expires_at=now + self._ttl)).rowcount == 1
+        if taken:
+            return True
         try:
-            async with self._db.transaction() as session:
-                await session.execute(insert(table).values(
+            with conn.begin_nested():
+                conn.execute(insert(table).values(
                     name=self._name, holder=self.holder, expires_at=now + self._ttl))
             return True
         except IntegrityError:
@@ -72,9 +86,9 @@ class Lease:
 
     async def release(self) -> None:
         table = self._table
-        async with self._db.transaction() as session:
-            await session.execute(delete(table).where(
-                table.c.name == self._name, table.c.holder == self.holder))
+        self._held_until = None
+        await self._db.run(lambda conn: conn.execute(delete(table).where(
+            table.c.name == self._name, table.c.holder == self.holder)))
 
 
 class OutboxRelay:
@@ -149,13 +163,15 @@ class OutboxRelay:
             failed += bad
             if bad:
                 break
-        async with self._db.transaction() as session:
+        def mark(conn: Connection) -> None:
             if done:
-                await session.execute(update(table).where(table.c.seq.in_(done))
-                                      .values(published_at=utcnow()))
+                conn.execute(update(table).where(table.c.seq.in_(done))
+                             .values(published_at=utcnow()))
             if failed:
-                await session.execute(update(table).where(table.c.seq.in_(failed))
-                                      .values(attempts=table.c.attempts + 1))
+                conn.execute(update(table).where(table.c.seq.in_(failed))
+                             .values(attempts=table.c.attempts + 1))
+
+        await self._db.run(mark)
         OUTBOX_PUBLISHED.labels(self._service).inc(len(done))
         if failed:
             OUTBOX_FAILURES.labels(self._service).inc(len(failed))

@@ -19,7 +19,7 @@ from sqlalchemy import MetaData
 from .auth import JWKSCache, TokenVerifier
 from .consumer import Consumer, Handler
 from .db import Database
-from .observability import ObservabilityMiddleware, configure_logging
+from .observability import ObservabilityMiddleware, configure_logging, watch_loop_lag
 from .outbox import OutboxRelay
 from .problems import Problem, install_problem_handlers, problem_response
 from .settings import ServiceSettings
@@ -91,7 +91,7 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
     if settings.redis_url:
         app.state.redis = Redis.from_url(settings.redis_url)
         stack.push_async_callback(app.state.redis.aclose)
-    app.state.tasks = {}
+    app.state.tasks = {"loop-lag": asyncio.create_task(watch_loop_lag(spec.name))}
     app.state.relay = None
     app.state.consumers = []
     aws_kwargs = settings.aws_client_kwargs()

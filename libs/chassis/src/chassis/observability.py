@@ -1,5 +1,6 @@
 """JSON logs with trace ids, Prometheus metrics, and the HTTP middleware that feeds both."""
 
+import asyncio
 import logging
 import sys
 import time
@@ -29,6 +30,10 @@ CONSUMER_LAG = Histogram(
 )
 CONSUMED = Counter("consumer_messages_total", "Messages handled", ["service", "queue", "outcome"])
 QUEUE_DEPTH = Gauge("queue_depth_messages", "Visible messages waiting", ["service", "queue"])
+LOOP_LAG = Histogram(
+    "event_loop_lag_seconds", "How late a 50 ms timer fires: time the loop was busy or blocked",
+    ["service"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
 DLQ_DEPTH = Gauge("dlq_depth_messages", "Messages in a dead-letter queue", ["service", "queue"])
 
 
@@ -38,6 +43,15 @@ def _add_trace_ids(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict
         event_dict.setdefault("trace_id", trace_id)
         event_dict.setdefault("span_id", span_id)
     return event_dict
+
+
+async def watch_loop_lag(service: str, interval_s: float = 0.05) -> None:
+    """Sample how late the event loop runs a timer; a blocked loop delays every request."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(interval_s)
+        LOOP_LAG.labels(service).observe(max(0.0, loop.time() - started - interval_s))
 
 
 def configure_logging(service: str, *, level: str = "INFO", json: bool = True) -> None:

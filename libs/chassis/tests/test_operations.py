@@ -25,7 +25,7 @@ async def test_readyz_checks_the_database_and_the_background_loops(serve, wire, 
     async with serve(events_topic_arn=topic, aws_endpoint_url=moto_endpoint) as client:
         response = await client.get("/readyz")
     assert response.status_code == 200, response.text
-    assert response.json()["checks"] == {"database": "ok", "outbox-relay": "ok"}
+    assert response.json()["checks"] == {"database": "ok", "outbox-relay": "ok", "loop-lag": "ok"}
 
 
 async def test_metrics_expose_request_latency_and_outbox_lag(serve, wire, moto_endpoint):

@@ -1,0 +1,1 @@
+"""The post service: posts, their edit history, likes and replies."""

@@ -1,0 +1,176 @@
+"""Post commands: each a synchronous unit of work that writes a change and its event together.
+
+`Database.run` runs them in one transaction (on SQLite's writer thread, or over the async
+driver elsewhere). A command on an existing post first locks that post's row, so the
+changes to one post, the `seq` each gets and the order of their events all agree.
+"""
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Exists, bindparam, delete, exists, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Row
+from ulid import ULID
+
+from chassis.db import utcnow
+from chassis.events import EventData, new_event
+from chassis.outbox import stage_event
+from chassis.problems import invalid, not_found
+
+from . import events
+from .domain import Draft, Revision, check_author, check_not_blocked
+from .models import Base, Block, Like, Post, PostVersion
+
+OUTBOX = Base.metadata.tables["outbox"]
+
+# Statements are built once: building SQLAlchemy expressions per request costs more CPU than
+# running them, and table-level (Core) statements skip the ORM's session bookkeeping.
+_POSTS, _VERSIONS, _LIKES, _BLOCKS = (m.__table__ for m in (Post, PostVersion, Like, Block))
+_ID, _USER = bindparam("id"), bindparam("user")
+_BLOCKED_BY_AUTHOR: Exists = exists().where(
+    _BLOCKS.c.blocker_id == _POSTS.c.author_id, _BLOCKS.c.blocked_id == _USER,
+    _BLOCKS.c.blocked)
+_CURRENT = select(_POSTS, _BLOCKED_BY_AUTHOR.label("blocked_by_author")).where(_POSTS.c.id == _ID)
+# FOR NO KEY UPDATE: changes to one post queue up; replies' FOR SHARE on a parent waits too.
+_FOR_CHANGE = _CURRENT.with_for_update(key_share=True)
+# FOR SHARE: the parent cannot be deleted between this check and the reply's commit.
+_PARENT = (select(_POSTS.c.author_id, _POSTS.c.deleted_at,
+                  _BLOCKED_BY_AUTHOR.label("blocked_by_author"))
+           .where(_POSTS.c.id == _ID).with_for_update(read=True))
+_INSERT_POST = insert(_POSTS)
+_INSERT_VERSION = insert(_VERSIONS)
+_UPDATE_POST = update(_POSTS).where(_POSTS.c.id == bindparam("post_id"))
+_INSERT_LIKE = {"sqlite": sqlite.insert(_LIKES).on_conflict_do_nothing(),
+                "postgresql": postgresql.insert(_LIKES).on_conflict_do_nothing()}
+_DELETE_LIKE = delete(_LIKES).where(_LIKES.c.post_id == _ID, _LIKES.c.user_id == _USER)
+# The post's columns that `PostState` carries under the same names (its id is `post_id`).
+_STATE_COLUMNS = [name for name in events.PostState.model_fields if name != "post_id"]
+
+
+def create_post(conn: Connection, *, author_id: str, author_username: str,
+                draft: Draft) -> dict[str, Any]:
+    """Publish a post (or a reply); returns its state."""
+    reply_to_author_id = _parent_author(conn, draft.reply_to, author_id) if draft.reply_to else None
+    state = {
+        "post_id": str(ULID()), "author_id": author_id, "author_username": author_username,
+        "text": draft.body.text, "visibility": draft.visibility, "reply_to": draft.reply_to,
+        "reply_to_author_id": reply_to_author_id, "media_ids": draft.media_ids,
+        "content_warning": draft.content_warning, "hashtags": draft.body.hashtags,
+        "mentions": draft.body.mentions, "version": 1, "seq": 1, "created_at": utcnow(),
+        "edited_at": None}
+    conn.execute(_INSERT_POST, _columns(state))
+    _emit(conn, events.PostCreated(**state), state["post_id"], author_id)
+    return state
+
+
+def edit_post(conn: Connection, *, post_id: str, caller: str,
+              revision: Revision) -> dict[str, Any]:
+    """Change a post's text or content warning, keeping the version it replaces."""
+    post = _for_change(conn, post_id, caller)
+    check_author(post.author_id, caller, "edit")
+    state = _state(post)
+    if revision.body is not None:
+        state.update(text=revision.body.text, hashtags=revision.body.hashtags,
+                     mentions=revision.body.mentions)
+    if revision.sets_content_warning:
+        state["content_warning"] = revision.content_warning
+    if (state["text"], state["content_warning"]) == (post.text, post.content_warning):
+        return state  # the same words again are not a new version
+    conn.execute(_INSERT_VERSION, {
+        "post_id": post_id, "version": post.version, "text": post.text,
+        "content_warning": post.content_warning,
+        "created_at": post.edited_at or post.created_at})
+    state.update(version=post.version + 1, seq=post.seq + 1, edited_at=utcnow())
+    conn.execute(_UPDATE_POST, {"post_id": post_id} | {
+        k: state[k] for k in ("text", "content_warning", "hashtags", "mentions", "version",
+                              "seq", "edited_at")})
+    _emit(conn, events.PostEdited(**state), post_id, caller)
+    return state
+
+
+def delete_post(conn: Connection, *, post_id: str, caller: str) -> None:
+    """Delete a post: it answers 404 from now on, and its event outranks every earlier one."""
+    post = _for_change(conn, post_id, caller)
+    check_author(post.author_id, caller, "delete")
+    seq, now = post.seq + 1, utcnow()
+    conn.execute(_UPDATE_POST, {"post_id": post_id, "seq": seq, "deleted_at": now})
+    _emit(conn, events.PostDeleted(post_id=post_id, author_id=post.author_id,
+                                   reply_to=post.reply_to, seq=seq, deleted_at=now),
+          post_id, caller)
+
+
+def like_post(conn: Connection, *, post_id: str, caller: str) -> None:
+    """`caller` likes the post; liking it again changes nothing."""
+    post = _for_change(conn, post_id, caller)
+    check_not_blocked(post.blocked_by_author, "like it")
+    added = conn.execute(_INSERT_LIKE[conn.dialect.name],
+                         {"post_id": post_id, "user_id": caller, "created_at": utcnow()})
+    if added.rowcount:
+        _count_like(conn, post, caller, events.PostLiked)
+
+
+def unlike_post(conn: Connection, *, post_id: str, caller: str) -> None:
+    """`caller` takes back a like; not liking it is fine.
+
+    Allowed even to someone the author blocked: taking a like back only removes what the
+    author would not want, and refusing it would pin the like to the post.
+    """
+    post = _for_change(conn, post_id, caller)
+    if conn.execute(_DELETE_LIKE, {"id": post_id, "user": caller}).rowcount:
+        _count_like(conn, post, caller, events.PostUnliked)
+
+
+def view(state: dict[str, Any]) -> dict[str, Any]:
+    """The post as the API returns it after a write, JSON-ready (it is also stored as the
+    response to an Idempotency-Key)."""
+    return {"id": state["post_id"], "author_id": state["author_id"], "text": state["text"],
+            "visibility": state["visibility"], "reply_to": state["reply_to"],
+            "media_ids": state["media_ids"], "content_warning": state["content_warning"],
+            "hashtags": state["hashtags"], "mentions": state["mentions"],
+            "version": state["version"], "created_at": _rfc3339(state["created_at"]),
+            "edited_at": _rfc3339(state["edited_at"])}
+
+
+def _parent_author(conn: Connection, reply_to: str, caller: str) -> str:
+    """The author of the post replied to; it must exist and its author must not block us."""
+    parent = conn.execute(_PARENT, {"id": reply_to, "user": caller}).first()
+    if parent is None or parent.deleted_at is not None:
+        raise invalid("reply_to", "no such post")
+    check_not_blocked(parent.blocked_by_author, "reply to it")
+    return parent.author_id
+
+
+def _for_change(conn: Connection, post_id: str, caller: str) -> Row[Any]:
+    """The post, locked for this transaction; 404 if it does not exist or was deleted."""
+    post = conn.execute(_FOR_CHANGE, {"id": post_id, "user": caller}).first()
+    if post is None or post.deleted_at is not None:
+        raise not_found("post")
+    return post
+
+
+def _count_like(conn: Connection, post: Row[Any], caller: str,
+                event: type[events.LikeChange]) -> None:
+    seq = post.seq + 1
+    conn.execute(_UPDATE_POST, {"post_id": post.id, "seq": seq})
+    _emit(conn, event(post_id=post.id, post_author_id=post.author_id, user_id=caller, seq=seq),
+          post.id, caller)
+
+
+def _state(post: Row[Any]) -> dict[str, Any]:
+    """A post row as event-carried state (`PostState`'s fields)."""
+    return {"post_id": post.id} | {name: post._mapping[name] for name in _STATE_COLUMNS}
+
+
+def _columns(state: dict[str, Any]) -> dict[str, Any]:
+    return {"id": state["post_id"]} | {name: state[name] for name in _STATE_COLUMNS}
+
+
+def _emit(conn: Connection, data: EventData, post_id: str, actor: str) -> None:
+    stage_event(conn, OUTBOX, new_event(data, producer=events.PRODUCER, subject=f"post:{post_id}",
+                                        actor=actor))
+
+
+def _rfc3339(moment: datetime | None) -> str | None:
+    """UTC with a `Z`, as pydantic writes times elsewhere in the API."""
+    return moment.isoformat().replace("+00:00", "Z") if moment else None

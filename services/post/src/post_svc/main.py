@@ -1,0 +1,37 @@
+"""Wiring: build the post service's app from its settings (uvicorn --factory)."""
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from chassis.app import ServiceSpec, create_app
+from chassis.problems import Problem, invalid, problem_response
+
+from . import blocks, posts
+from .domain import Limits, PostRuleBroken
+from .models import Base
+from .settings import PostSettings
+
+GRAPH_QUEUE = "post-graph"
+
+
+async def _rule_broken(request: Request, error: Exception) -> JSONResponse:
+    """A rule the domain refused becomes a problem response naming the field at fault."""
+    assert isinstance(error, PostRuleBroken)
+    problem = (invalid(error.field, error.message, error.status) if error.field
+               else Problem(error.status, error.message))
+    return problem_response(problem, request)
+
+
+def build_app(settings: PostSettings | None = None) -> FastAPI:
+    """The post service: posts, their edit history, likes and replies."""
+    settings = settings or PostSettings()
+    app = create_app(settings, ServiceSpec(
+        name="post", metadata=Base.metadata, routers=[posts.router],
+        consumers={GRAPH_QUEUE: {"graph.blocked": blocks.on_blocked,
+                                 "graph.unblocked": blocks.on_unblocked}},
+        description="Posts and replies: create, edit with history, delete, like."))
+    app.state.limits = Limits(text_max=settings.post_text_max,
+                              content_warning_max=settings.content_warning_max,
+                              media_max=settings.media_per_post_max)
+    app.add_exception_handler(PostRuleBroken, _rule_broken)
+    return app

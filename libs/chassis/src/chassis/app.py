@@ -94,6 +94,9 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
     app.state.tasks = {"loop-lag": asyncio.create_task(watch_loop_lag(spec.name))}
     app.state.relay = None
     app.state.consumers = []
+    # The service's own wiring comes before the loops that may call into it.
+    if spec.on_startup:
+        await spec.on_startup(app)
     aws_kwargs = settings.aws_client_kwargs()
     if settings.events_topic_arn:
         sns = await stack.enter_async_context(app.state.aws.client("sns", **aws_kwargs))
@@ -119,8 +122,6 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
             app.state.tasks[f"consumer:{queue}"] = asyncio.create_task(consumer.run())
         app.state.tasks["queue-metrics"] = asyncio.create_task(
             _sample_depths(app.state.consumers, settings.metrics_poll_interval_s))
-    if spec.on_startup:
-        await spec.on_startup(app)
     # Everything built so far lives as long as the process: keep it out of the collector's
     # full passes, which otherwise walk it all and stall requests for tens of milliseconds.
     gc.collect()

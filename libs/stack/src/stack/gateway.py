@@ -59,7 +59,9 @@ def render_nginx_conf(upstreams: dict[str, list[str]], *, health_upstream: str, 
     http += _upstream("stack_health", [health_upstream])
     for name, servers in upstreams.items():
         http += _upstream(f"svc_{name}", servers)
-    http += ["server {", f"    listen {listen};", *_indent(_server_body(upstreams, topology)), "}"]
+    routes = route_table(upstreams, topology)
+    http += _method_maps(routes)
+    http += ["server {", f"    listen {listen};", *_indent(_server_body(routes)), "}"]
     return "\n".join([*main, "events {", "    worker_connections 1024;", "}",
                       "http {", *_indent(http), "}", ""])
 
@@ -95,16 +97,49 @@ def _upstream(name: str, servers: list[str]) -> list[str]:
                                      for s in servers], "    keepalive 16;", "}"]
 
 
-def _server_body(upstreams: dict[str, list[str]], topology: Topology) -> list[str]:
-    body = [f"error_page {status} @problem_{status};" for status in GATEWAY_PROBLEMS]
-    body.append("error_page 494 @problem_400;")  # nginx's own code for headers too large
-    body += _location("= /api/health", "stack_health")
+def route_table(upstreams: dict[str, list[str]],
+                topology: Topology) -> dict[str, dict[str | None, str]]:
+    """Path prefix -> {method or None (any): upstream}, like the ALB's listener rules."""
+    table: dict[str, dict[str | None, str]] = {}
     for service in topology.services:
         if service.name not in upstreams:
             continue
-        for route in service.routes:
-            body += _location(route, f"svc_{service.name}",
-                              websocket=route.startswith(WEBSOCKET_PREFIX))
+        for method, path in service.path_routes:
+            owners = table.setdefault(path, {})
+            if method in owners:
+                raise ValueError(f"{method or 'any method'} {path} is routed twice")
+            owners[method] = f"svc_{service.name}"
+    return table
+
+
+def _map_name(path: str) -> str:
+    return "$route" + "".join(c if c.isalnum() else "_" for c in path)
+
+
+def _method_maps(routes: dict[str, dict[str | None, str]]) -> list[str]:
+    """A map from request method to upstream for each path that methods split."""
+    lines = []
+    for path, owners in routes.items():
+        if set(owners) == {None}:
+            continue
+        if None not in owners:
+            raise ValueError(f"{path} is routed for some methods only; give it a default owner")
+        lines.append(f"map $request_method {_map_name(path)} {{")
+        for method, upstream in owners.items():
+            if method is not None:
+                methods = (method, "HEAD") if method == "GET" else (method,)
+                lines += [f"    {m} {upstream};" for m in methods]
+        lines += [f"    default {owners[None]};", "}"]
+    return lines
+
+
+def _server_body(routes: dict[str, dict[str | None, str]]) -> list[str]:
+    body = [f"error_page {status} @problem_{status};" for status in GATEWAY_PROBLEMS]
+    body.append("error_page 494 @problem_400;")  # nginx's own code for headers too large
+    body += _location("= /api/health", "stack_health")
+    for path, owners in routes.items():
+        upstream = owners[None] if set(owners) == {None} else _map_name(path)
+        body += _location(path, upstream, websocket=path.startswith(WEBSOCKET_PREFIX))
     body += ["location / {", "    return 404;", "}"]
     for status in GATEWAY_PROBLEMS:
         body += [f"location @problem_{status} {{",

@@ -120,8 +120,10 @@ class Stack:
             db = opts.database_for(service.name)
             if not db.startswith("sqlite"):
                 asyncio.run(ensure_database(db))
+            search = f"sqlite:///{self.data / service.name}.search" if service.needs_search \
+                else None
             env = service_env(outputs, service.name, database_url=db, redis_url=redis_url,
-                              endpoint_url=endpoint, topology=opts.topology)
+                              endpoint_url=endpoint, topology=opts.topology, search_url=search)
             for replica in range(opts.replicas.get(service.name, 1)):
                 port += 1
                 name = service.name if replica == 0 else f"{service.name}-{replica + 1}"

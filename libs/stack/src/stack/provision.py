@@ -114,8 +114,9 @@ def _ensure_subscription(sns: Any, topic_arn: str, queue_arn: str, sub: Subscrip
         TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn,
         ReturnSubscriptionArn=True)["SubscriptionArn"]
     # The relay sets the event_type message attribute; the filter matches on it.
-    wanted = {"RawMessageDelivery": "true",
-              "FilterPolicy": json.dumps({"event_type": sorted(sub.event_types)})}
+    wanted = {"RawMessageDelivery": "true"}
+    if not sub.archive:
+        wanted["FilterPolicy"] = json.dumps({"event_type": sorted(sub.event_types)})
     current = sns.get_subscription_attributes(SubscriptionArn=arn)["Attributes"]
     for name, value in wanted.items():
         if current.get(name) != value:
@@ -157,14 +158,15 @@ def _ensure_user_pool(idp: Any, topology: Topology) -> tuple[str, str]:
 
 def service_env(outputs: dict[str, Any], service_name: str, *, database_url: str,
                 redis_url: str | None, endpoint_url: str | None,
-                topology: Topology = TOPOLOGY, log_json: bool = True) -> dict[str, str]:
+                topology: Topology = TOPOLOGY, log_json: bool = True,
+                search_url: str | None = None) -> dict[str, str]:
     """The environment one service process reads into its ServiceSettings."""
     service = topology.service(service_name)
     env = {
         "SERVICE_NAME": service_name,
         "DATABASE_URL": database_url,
         "AWS_REGION": outputs["region"],
-        "CONSUME_QUEUES": json.dumps([sub.queue for sub in service.subscriptions]),
+        "CONSUME_QUEUES": json.dumps([s.queue for s in service.subscriptions if not s.archive]),
         "COGNITO_ISSUER": outputs["issuer"],
         "COGNITO_JWKS_URL": outputs["jwks_url"],
         "COGNITO_CLIENT_ID": outputs["client_id"],
@@ -178,6 +180,12 @@ def service_env(outputs: dict[str, Any], service_name: str, *, database_url: str
         env.update({key.upper(): value for key, value in LOCAL_CREDENTIALS.items()})
     if service.topic:
         env["EVENTS_TOPIC_ARN"] = outputs["topics"][service_name]
+    archive = [s.queue for s in service.subscriptions if s.archive]
+    if archive:
+        env["ARCHIVE_QUEUES"] = json.dumps(archive)
+        env["ARCHIVE_BUCKET"] = topology.archive_bucket
+    if search_url:
+        env["SEARCH_URL"] = search_url
     return env
 
 

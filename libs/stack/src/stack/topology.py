@@ -9,7 +9,8 @@ class Subscription:
 
     queue: str
     topic: str
-    event_types: tuple[str, ...]
+    event_types: tuple[str, ...] = ()
+    archive: bool = False  # every event of the topic, unfiltered, for the event archive
 
     @property
     def dlq(self) -> str:
@@ -27,6 +28,16 @@ class Service:
     subscriptions: tuple[Subscription, ...] = ()
     needs_redis: bool = False
     needs_cognito_admin: bool = False
+    needs_search: bool = False
+
+    @property
+    def path_routes(self) -> tuple[tuple[str | None, str], ...]:
+        """(method, path prefix) pairs: a route is "/prefix" (any method) or "GET /prefix"."""
+        pairs = []
+        for route in self.routes:
+            method, _, path = route.rpartition(" ")
+            pairs.append((method or None, path))
+        return tuple(pairs)
 
     @property
     def topic(self) -> str | None:
@@ -52,6 +63,7 @@ class Topology:
     services: tuple[Service, ...]
     user_pool: UserPool
     buckets: tuple[str, ...] = ()
+    archive_bucket: str = ""  # where every event is kept as JSON lines, for replay
     gateway_port: int = 8080
     health_port: int = 8099
     max_receive_count: int = 5
@@ -73,6 +85,7 @@ class Topology:
         return tuple(sub for s in self.services for sub in s.subscriptions)
 
 
+ARCHIVE_BUCKET = "asyncsns-events-archive"
 TOPOLOGY = Topology(
     services=(
         Service(
@@ -81,7 +94,34 @@ TOPOLOGY = Topology(
             routes=("/api/auth/", "/api/profiles/"),
             needs_cognito_admin=True,
         ),
+        Service(
+            name="post",
+            port=8102,
+            routes=("/api/posts", "/api/media/"),
+            subscriptions=(
+                Subscription("post-graph", "profile", ("graph.blocked", "graph.unblocked")),
+            ),
+        ),
+        Service(
+            name="query",
+            port=8103,
+            # Reads of posts are the read side's; writes to /api/posts go to the post service.
+            routes=("GET /api/posts", "/api/timelines/", "/api/search"),
+            publishes=False,
+            needs_search=True,
+            subscriptions=(
+                Subscription("query-profile", "profile", (
+                    "profile.created", "profile.updated", "graph.followed", "graph.unfollowed",
+                    "graph.blocked", "graph.unblocked", "graph.muted", "graph.unmuted")),
+                Subscription("query-post", "post", (
+                    "post.created", "post.edited", "post.deleted", "post.liked",
+                    "post.unliked")),
+                Subscription("archive-profile", "profile", archive=True),
+                Subscription("archive-post", "post", archive=True),
+            ),
+        ),
     ),
     user_pool=UserPool(name="asyncsns-users", client="asyncsns-web"),
-    buckets=("asyncsns-events-archive",),
+    buckets=(ARCHIVE_BUCKET,),
+    archive_bucket=ARCHIVE_BUCKET,
 )

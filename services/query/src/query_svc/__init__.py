@@ -1,0 +1,1 @@
+"""The query service: the read side (post views, timelines, profile views, search)."""

@@ -1,0 +1,171 @@
+"""The read API: post views, history and replies, timelines, and search."""
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel
+from sqlalchemy import select, union
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chassis.auth import CurrentUser
+from chassis.db import DatabaseDep
+from chassis.pagination import Cursor, Limit, Page, decode_cursor
+from chassis.problems import Problem, invalid, not_found
+from chassis.text import normalize_tag
+
+from .models import edges, post_tags, post_versions, posts, timeline, users
+from .search import SearchEngine
+from .views import (
+    PostView,
+    UserView,
+    page_of_posts,
+    post_views,
+    search_viewer,
+    to_view,
+    user_view,
+    visible,
+)
+
+posts_router = APIRouter(prefix="/api/posts", tags=["posts (read)"])
+timelines = APIRouter(prefix="/api/timelines", tags=["timelines"])
+search_router = APIRouter(prefix="/api/search", tags=["search"])
+PostId = Annotated[str, Path(max_length=64)]
+
+
+class Version(BaseModel):
+    version: int
+    text: str
+    content_warning: str | None
+    created_at: datetime
+
+
+async def _visible_post(session: AsyncSession, user: CurrentUser, post_id: str) -> PostView:
+    row = (await session.execute(post_views(user).where(
+        posts.c.id == post_id, visible(user, hide_muted=False)))).first()
+    if row is None:
+        raise not_found("post")
+    return to_view(row)
+
+
+@posts_router.get("/{post_id}")
+async def get_post(post_id: PostId, user: CurrentUser, db: DatabaseDep) -> PostView:
+    """A post as the caller sees it; 404 also when the caller may not see it."""
+    async with db.sessions() as session:
+        return await _visible_post(session, user, post_id)
+
+
+@posts_router.get("/{post_id}/history")
+async def history(post_id: PostId, user: CurrentUser, db: DatabaseDep) -> Page[Version]:
+    """Every version of a post, newest first (the first item is the current text)."""
+    async with db.sessions() as session:
+        await _visible_post(session, user, post_id)
+        rows = (await session.execute(select(post_versions).where(
+            post_versions.c.post_id == post_id).order_by(post_versions.c.version.desc()))).all()
+    return Page(items=[Version(version=r.version, text=r.text, content_warning=r.content_warning,
+                               created_at=r.created_at) for r in rows], next_cursor=None)
+
+
+@posts_router.get("/{post_id}/replies")
+async def replies(post_id: PostId, user: CurrentUser, db: DatabaseDep, limit: Limit = 20,
+                  cursor: Cursor = None) -> Page[PostView]:
+    """Direct replies to a post, oldest first (a thread reads top-down)."""
+    async with db.sessions() as session:
+        await _visible_post(session, user, post_id)
+        query = post_views(user).where(posts.c.reply_to == post_id, visible(user))
+        return await page_of_posts(session, query, limit=limit, cursor=cursor,
+                                   oldest_first=True)
+
+
+@timelines.get("/home")
+async def home(user: CurrentUser, db: DatabaseDep, limit: Limit = 20,
+               cursor: Cursor = None) -> Page[PostView]:
+    """Posts by the people the caller follows and the caller's own, newest first.
+
+    Most posts were fanned out into the caller's timeline when written; posts by authors
+    with very many followers were not, and are merged in here from the follow list.
+    """
+    position = decode_cursor(cursor, "id")
+    fanned = select(timeline.c.post_id.label("id")).where(timeline.c.user_id == user.id)
+    merged = (select(posts.c.id).join(edges, edges.c.target == posts.c.author_id)
+              .where(edges.c.kind == "follow", edges.c.source == user.id, edges.c.active,
+                     posts.c.fanned_out.is_(False)))
+    if position is not None:
+        fanned = fanned.where(timeline.c.post_id < position["id"])
+        merged = merged.where(posts.c.id < position["id"])
+    ids = union(fanned, merged).subquery()
+    query = post_views(user).join(ids, ids.c.id == posts.c.id).where(visible(user))
+    async with db.sessions() as session:
+        return await page_of_posts(session, query, limit=limit, cursor=cursor)
+
+
+@timelines.get("/users/{user_id}")
+async def user_timeline(user_id: Annotated[str, Path(max_length=64)], user: CurrentUser,
+                        db: DatabaseDep, limit: Limit = 20,
+                        cursor: Cursor = None) -> Page[PostView]:
+    """One user's posts that the caller may see, newest first."""
+    query = post_views(user).where(posts.c.author_id == user_id,
+                                   visible(user, hide_muted=False))
+    async with db.sessions() as session:
+        return await page_of_posts(session, query, limit=limit, cursor=cursor)
+
+
+@timelines.get("/tags/{tag}")
+async def tag_timeline(tag: Annotated[str, Path(max_length=100)], user: CurrentUser,
+                       db: DatabaseDep, limit: Limit = 20,
+                       cursor: Cursor = None) -> Page[PostView]:
+    """Posts carrying a hashtag (`ラーメン`, `#ラーメン` and `#ＲＡＭＥＮ`-style spellings
+    are one tag), newest first."""
+    name = normalize_tag(tag)
+    if not name:
+        raise invalid("tag", "must not be empty")
+    query = (post_views(user).join(post_tags, post_tags.c.post_id == posts.c.id)
+             .where(post_tags.c.tag == name, visible(user)))
+    async with db.sessions() as session:
+        return await page_of_posts(session, query, limit=limit, cursor=cursor)
+
+
+@timelines.get("/public")
+async def public_timeline(user: CurrentUser, db: DatabaseDep, limit: Limit = 20,
+                          cursor: Cursor = None) -> Page[PostView]:
+    """Every public post, newest first."""
+    query = post_views(user).where(posts.c.visibility == "public", visible(user))
+    async with db.sessions() as session:
+        return await page_of_posts(session, query, limit=limit, cursor=cursor)
+
+
+async def _search(request: Request) -> SearchEngine:
+    return request.app.state.search
+
+
+SearchDep = Annotated[SearchEngine, Depends(_search)]
+SearchType = Literal["posts", "users", "messages"]
+
+
+@search_router.get("")
+async def search(user: CurrentUser, db: DatabaseDep, engine: SearchDep,
+                 q: Annotated[str, Query(max_length=500)], type: SearchType = "posts",
+                 limit: Limit = 20, cursor: Cursor = None) -> Page[PostView] | Page[UserView]:
+    """Search posts (with the operators `from:`, `#tag`, `"phrase"`, `-word`, `since:`,
+    `until:`, `has:media`) or users; relevance first, recent posts boosted."""
+    if type == "messages":
+        raise Problem(400, "type=messages: message search arrives with the chat service",
+                      errors=[{"field": "type", "message": "messages is not searchable yet"}])
+    async with db.sessions() as session:
+        viewer = await search_viewer(session, user)
+        if type == "users":
+            hits = await engine.search_users(q, viewer, limit=limit, cursor=cursor)
+            rows = (await session.execute(select(users).where(
+                users.c.user_id.in_(hits.ids)))).all()
+            by_id = {row.user_id: user_view(row) for row in rows}
+            return Page[UserView](items=[by_id[i] for i in hits.ids if i in by_id],
+                                  next_cursor=hits.next_cursor)
+        hits = await engine.search_posts(q, viewer, limit=limit, cursor=cursor)
+        rows = (await session.execute(post_views(user).where(
+            posts.c.id.in_(hits.ids), visible(user)))).all()
+    by_id = {row.id: to_view(row) for row in rows}
+    return Page[PostView](items=[by_id[i] for i in hits.ids if i in by_id],
+                          next_cursor=hits.next_cursor)
+
+
+ROUTERS = [posts_router, timelines, search_router]

@@ -1,0 +1,90 @@
+"""Rebuild the query service's read models and search index from the event archive.
+
+`python -m query_svc.replay --database-url URL [--search-url URL]` reads every archived
+event once, in order, and applies the same handlers the live consumers use to a fresh
+store and a fresh index. The inbox is filled as it goes, so when the rebuilt store takes
+over, redelivered events are recognised as already applied.
+"""
+
+import argparse
+import asyncio
+import sys
+
+import aioboto3
+from sqlalchemy import Table, func, insert, select
+
+from chassis.db import Database, ensure_database, utcnow
+from chassis.events import Envelope
+
+from .archive import read_archive
+from .models import metadata, posts, users
+from .projections import Handler, Projector
+from .search.factory import engine_from_url
+from .settings import QuerySettings
+
+BATCH = 200
+
+
+async def replay(settings: QuerySettings) -> int:
+    """Apply every archived event to the (empty) store and index `settings` name."""
+    await ensure_database(settings.database_url)
+    db = Database(settings.database_url)
+    engine = engine_from_url(settings.resolved_search_url(),
+                             refresh_interval=settings.search_refresh_interval)
+    try:
+        await db.create_all(metadata)
+        async with db.sessions() as session:
+            existing = sum([(await session.execute(select(func.count()).select_from(t)))
+                            .scalar_one() for t in (users, posts)])
+        if existing:
+            raise SystemExit(f"{settings.database_url} is not a fresh store ({existing} rows)")
+        await engine.start()
+        await engine.reset()
+        projector = Projector(fanout_threshold=settings.fanout_threshold,
+                              follow_backfill=settings.follow_backfill, search=engine)
+        queues = {event_type: queue for queue, handlers in projector.handlers().items()
+                  for event_type in handlers}
+        handlers = projector.all_handlers()
+        inbox = metadata.tables["inbox"]
+        applied = 0
+        batch = []
+        s3_client = aioboto3.Session().client("s3", **settings.aws_client_kwargs())
+        async with s3_client as s3:
+            async for event in read_archive(s3, settings.archive_bucket):
+                if event.type in handlers:
+                    batch.append(event)
+                if len(batch) >= BATCH:
+                    applied += await _apply(db, inbox, handlers, queues, batch)
+                    batch = []
+            applied += await _apply(db, inbox, handlers, queues, batch)
+        return applied
+    finally:
+        await engine.close()
+        await db.dispose()
+
+
+async def _apply(db: Database, inbox: Table, handlers: dict[str, Handler],
+                 queues: dict[str, str], events: list[Envelope]) -> int:
+    if not events:
+        return 0
+    async with db.transaction() as session:
+        for event in events:
+            await session.execute(insert(inbox).values(
+                consumer=queues[event.type], event_id=event.id, event_type=event.type,
+                processed_at=utcnow()))
+            await handlers[event.type](session, event)
+    return len(events)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", required=True, help="the fresh store to build")
+    parser.add_argument("--search-url", default="", help="the fresh index to build")
+    args = parser.parse_args(argv)
+    settings = QuerySettings(database_url=args.database_url, search_url=args.search_url)
+    count = asyncio.run(replay(settings))
+    sys.stdout.write(f"replayed {count} events into {args.database_url}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Reading the read models: visibility as SQL, and the post and profile views clients get.
+
+Visibility, blocks and mutes are conditions of the same query that pages the results, so
+a page is never short because of filtering while more results exist.
+"""
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chassis.auth import User
+from chassis.pagination import Page, decode_cursor, encode_cursor
+
+from .models import edges, likes, post_mentions, post_stats, posts, users
+from .search import Viewer
+
+
+class Author(BaseModel):
+    user_id: str
+    username: str
+    display_name: str
+    avatar_url: str | None
+
+
+class MediaRef(BaseModel):
+    media_id: str
+
+
+class PostView(BaseModel):
+    id: str
+    author: Author
+    text: str
+    visibility: str
+    reply_to: str | None
+    media: list[MediaRef]
+    content_warning: str | None
+    hashtags: list[str]
+    mentions: list[str]
+    like_count: int
+    reply_count: int
+    liked_by_me: bool
+    created_at: datetime | None
+    edited_at: datetime | None
+    version: int
+
+
+class UserView(BaseModel):
+    user_id: str
+    username: str
+    display_name: str
+    bio: str
+    avatar_url: str | None
+    followers_count: int
+    following_count: int
+    posts_count: int
+    created_at: datetime | None
+
+
+def edge(kind: str, source: Any, target: Any) -> ColumnElement[bool]:
+    """SQL: the active `kind` edge source → target exists."""
+    return exists().where(edges.c.kind == kind, edges.c.source == source,
+                          edges.c.target == target, edges.c.active)
+
+
+def visible(viewer: User, *, hide_muted: bool = True) -> ColumnElement[bool]:
+    """SQL: the post is live and `viewer` may see it (visibility, blocks, and mutes)."""
+    author = posts.c.author_id
+    condition = and_(
+        posts.c.deleted.is_(False),
+        or_(posts.c.visibility == "public", author == viewer.id,
+            and_(posts.c.visibility == "followers", edge("follow", viewer.id, author)),
+            and_(posts.c.visibility == "direct", exists().where(
+                post_mentions.c.post_id == posts.c.id,
+                post_mentions.c.username == viewer.username.lower()))),
+        ~edge("block", viewer.id, author), ~edge("block", author, viewer.id))
+    return and_(condition, ~edge("mute", viewer.id, author)) if hide_muted else condition
+
+
+def post_views(viewer: User) -> Select[Any]:
+    """SELECT of post views for `viewer`; callers add conditions, order and limit."""
+    liked = exists().where(likes.c.post_id == posts.c.id, likes.c.user_id == viewer.id,
+                           likes.c.active)
+    return (select(posts, users.c.username.label("u_username"),
+                   users.c.display_name.label("u_display_name"),
+                   users.c.avatar_url.label("u_avatar_url"),
+                   func.coalesce(post_stats.c.like_count, 0).label("like_count"),
+                   func.coalesce(post_stats.c.reply_count, 0).label("reply_count"),
+                   liked.label("liked_by_me"))
+            .select_from(posts.outerjoin(users, users.c.user_id == posts.c.author_id)
+                         .outerjoin(post_stats, post_stats.c.post_id == posts.c.id)))
+
+
+def to_view(row: Any) -> PostView:
+    return PostView(
+        id=row.id,
+        author=Author(user_id=row.author_id, username=row.u_username or row.author_username,
+                      display_name=row.u_display_name or row.u_username or row.author_username,
+                      avatar_url=row.u_avatar_url),
+        text=row.text, visibility=row.visibility, reply_to=row.reply_to,
+        media=[MediaRef(media_id=m) for m in row.media_ids], content_warning=row.content_warning,
+        hashtags=row.hashtags, mentions=row.mentions, like_count=row.like_count,
+        reply_count=row.reply_count, liked_by_me=bool(row.liked_by_me),
+        created_at=row.created_at, edited_at=row.edited_at, version=row.version)
+
+
+async def page_of_posts(session: AsyncSession, query: Select[Any], *, limit: int,
+                        cursor: str | None, oldest_first: bool = False) -> Page[PostView]:
+    """Run a post-view query newest (or oldest) first from the cursor; fetch one extra row
+    to know whether another page exists."""
+    position = decode_cursor(cursor, "id")
+    if position is not None:
+        query = query.where(posts.c.id > position["id"] if oldest_first
+                            else posts.c.id < position["id"])
+    order = posts.c.id.asc() if oldest_first else posts.c.id.desc()
+    rows = (await session.execute(query.order_by(order).limit(limit + 1))).all()
+    items = [to_view(row) for row in rows[:limit]]
+    more = len(rows) > limit
+    return Page(items=items, next_cursor=encode_cursor({"id": items[-1].id}) if more else None)
+
+
+async def search_viewer(session: AsyncSession, viewer: User) -> Viewer:
+    """The viewer as the search engine needs it: whom they follow, whom they never see."""
+    rows = (await session.execute(select(edges.c.kind, edges.c.source, edges.c.target).where(
+        edges.c.active, or_(edges.c.source == viewer.id,
+                            and_(edges.c.kind == "block", edges.c.target == viewer.id))))).all()
+    following = {r.target for r in rows if r.kind == "follow" and r.source == viewer.id}
+    excluded = {r.target if r.source == viewer.id else r.source
+                for r in rows if r.kind in ("block", "mute")}
+    return Viewer(user_id=viewer.id, username=viewer.username.lower(),
+                  following=frozenset(following), excluded=frozenset(excluded))
+
+
+def user_view(row: Any) -> UserView:
+    return UserView(user_id=row.user_id, username=row.username, display_name=row.display_name,
+                    bio=row.bio, avatar_url=row.avatar_url, followers_count=row.followers_count,
+                    following_count=row.following_count, posts_count=row.posts_count,
+                    created_at=row.created_at)

@@ -1,0 +1,179 @@
+"""A post service wired to a real moto (Cognito, SNS, SQS) and a fresh database per test.
+
+Besides the app, each test gets a tap on the post topic (what the service published), a
+profile topic feeding the service's post-graph queue (to deliver graph events the way the
+profile service would), and real Cognito users.
+"""
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from jose import jwt
+from sqlalchemy import select
+
+from chassis.events import Envelope
+from chassis.testing import aws_client, serve_in_process
+from post_svc.main import GRAPH_QUEUE, build_app
+from post_svc.models import Base
+from post_svc.settings import PostSettings
+
+
+def _subscribe(sns: Any, sqs: Any, topic_arn: str, queue_name: str,
+               event_types: list[str] | None = None) -> str:
+    """A queue on the topic with raw delivery (and a filter on event type, as deployed)."""
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    attributes = {"RawMessageDelivery": "true"}
+    if event_types:
+        attributes["FilterPolicy"] = json.dumps({"event_type": event_types})
+    sns.subscribe(TopicArn=topic_arn, Protocol="sqs",
+                  Endpoint=arn["Attributes"]["QueueArn"], Attributes=attributes)
+    return url
+
+
+@dataclass
+class EventTap:
+    """A raw-delivery queue on the post topic: what the service published."""
+
+    sqs: Any
+    url: str
+
+    async def drain(self, expected: int, timeout_s: float = 10.0) -> list[dict]:
+        """Collect at least `expected` events (the app's loop keeps running meanwhile)."""
+        return await asyncio.to_thread(self._drain, expected, timeout_s)
+
+    def _drain(self, expected: int, timeout_s: float) -> list[dict]:
+        events: list[dict] = []
+        deadline = time.monotonic() + timeout_s
+        while len(events) < expected and time.monotonic() < deadline:
+            got = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10,
+                                           WaitTimeSeconds=1).get("Messages", [])
+            for message in got:
+                events.append(json.loads(message["Body"]))
+                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
+        return events
+
+
+@dataclass
+class GraphFeed:
+    """The profile topic as the post service's post-graph queue hears it."""
+
+    sns: Any
+    sqs: Any
+    topic_arn: str
+    queue_url: str
+
+    async def publish(self, envelope: Envelope) -> None:
+        """Publish as the profile service's outbox relay does (event type as an attribute)."""
+        await asyncio.to_thread(
+            self.sns.publish, TopicArn=self.topic_arn, Message=envelope.model_dump_json(),
+            MessageAttributes={"event_type": {"DataType": "String",
+                                              "StringValue": envelope.type}})
+
+    async def settled(self) -> bool:
+        """Every message on the queue was handled and deleted (none waiting or in flight)."""
+        attributes = (await asyncio.to_thread(
+            self.sqs.get_queue_attributes, QueueUrl=self.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages",
+                            "ApproximateNumberOfMessagesNotVisible"]))["Attributes"]
+        return sum(int(v) for v in attributes.values()) == 0
+
+
+@pytest.fixture
+def names() -> str:
+    """A prefix that keeps this test's topics and queues apart from every other test's."""
+    return f"t{uuid.uuid4().hex[:8]}-"
+
+
+@pytest.fixture
+def tap(moto_endpoint: str, names: str) -> tuple[str, EventTap]:
+    sns, sqs = aws_client("sns", moto_endpoint), aws_client("sqs", moto_endpoint)
+    topic = sns.create_topic(Name=f"{names}post-events")["TopicArn"]
+    return topic, EventTap(sqs, _subscribe(sns, sqs, topic, f"{names}tap"))
+
+
+@pytest.fixture
+def graph(moto_endpoint: str, names: str) -> GraphFeed:
+    sns, sqs = aws_client("sns", moto_endpoint), aws_client("sqs", moto_endpoint)
+    topic = sns.create_topic(Name=f"{names}profile-events")["TopicArn"]
+    url = _subscribe(sns, sqs, topic, names + GRAPH_QUEUE, ["graph.blocked", "graph.unblocked"])
+    return GraphFeed(sns, sqs, topic, url)
+
+
+@pytest.fixture
+def settings(database_url, cognito, moto_endpoint, tap, graph, names) -> PostSettings:
+    return PostSettings(
+        database_url=database_url, aws_endpoint_url=moto_endpoint, aws_access_key_id="testing",
+        aws_secret_access_key="testing", events_topic_arn=tap[0], queue_prefix=names,
+        consumer_wait_time_s=1, consumer_retry_base_s=0, outbox_poll_interval_s=0.1,
+        log_json=False, **cognito.env())
+
+
+@pytest.fixture
+def app(settings):
+    return build_app(settings)
+
+
+@pytest.fixture
+async def client(app):
+    async with serve_in_process(app) as http:
+        yield http
+
+
+@pytest.fixture
+def events(tap) -> EventTap:
+    return tap[1]
+
+
+@pytest.fixture
+def rows(app):
+    """Read a table of the running service's own database (what the API does not show)."""
+
+    async def read(table_name: str, **where: Any) -> list[dict[str, Any]]:
+        table = Base.metadata.tables[table_name]
+        query = select(table).where(*(table.c[k] == v for k, v in where.items()))
+        async with app.state.db.sessions() as session:
+            return [dict(row._mapping) for row in (await session.execute(query)).all()]
+
+    return read
+
+
+@dataclass
+class User:
+    id: str
+    username: str
+    headers: dict[str, str]
+    tokens: dict[str, str]
+
+
+@pytest.fixture
+def user(cognito):
+    """A new Cognito user with a real access token."""
+
+    async def make(prefix: str = "u") -> User:
+        username = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        tokens = await asyncio.to_thread(cognito.tokens, username)
+        claims = jwt.get_unverified_claims(tokens["AccessToken"])
+        return User(claims["sub"], username,
+                    {"Authorization": f"Bearer {tokens['AccessToken']}"}, tokens)
+
+    return make
+
+
+@pytest.fixture
+def post(client):
+    """Publish a post through the API and return its body."""
+
+    async def make(author: User, text: str = "hello", **fields: Any) -> dict[str, Any]:
+        response = await client.post("/api/posts", json={"text": text} | fields,
+                                     headers=author.headers)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    return make
+

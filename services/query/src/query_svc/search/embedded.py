@@ -1,0 +1,243 @@
+"""EmbeddedSearch: the search engine in one SQLite file (FTS5), for one node and for tests.
+
+sqlite3 blocks, so every statement runs on a worker thread: writes on the one writer
+thread (one connection, WAL), reads on a small pool of reader threads that each own a
+read-only connection; WAL lets those read while the writer writes. sqlite3 releases the
+GIL while SQLite works, so two readers use two cores.
+"""
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from chassis.text import normalize_tag
+
+from . import Hits, PostDoc, UserDoc, Viewer
+from . import cursor as cursors
+from .analysis import index_tokens
+from .fts import DROP, SCHEMA, micros, post_select, user_select
+from .query import parse_post_query, parse_user_query
+from .ranking import RECENCY_HALF_LIFE
+
+T = TypeVar("T")
+
+_POST_KEY = (float, int, str)  # score, created_us, post_id
+_USER_KEY = (int, int, str, str)  # tier, followers_count, username, user_id
+
+
+class _Workers:
+    """Threads that each own one sqlite3 connection, opened on first use."""
+
+    def __init__(self, threads: int, connect: Callable[[], sqlite3.Connection], name: str):
+        self._connect = connect
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
+
+    async def run(self, work: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._call, work, args)
+
+    def _call(self, work: Callable[..., T], args: tuple[Any, ...]) -> T:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+            with self._lock:
+                self._opened.append(conn)
+        return work(conn, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for conn in self._opened:
+            conn.close()
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+class EmbeddedSearch:
+    """SQLite FTS5 behind the `SearchEngine` interface; `path` is a file (or ":memory:")."""
+
+    def __init__(self, path: str, *, readers: int = 2,
+                 half_life: timedelta = RECENCY_HALF_LIFE) -> None:
+        self._path = path
+        self._readers_count = readers
+        self._half_life_us = half_life / timedelta(microseconds=1)
+        self._writer: _Workers | None = None
+        self._readers: _Workers | None = None
+
+    def _connect(self, *, readonly: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA cache_size = -65536")  # 64 MiB per connection
+        conn.execute("PRAGMA mmap_size = 1073741824")
+        if readonly:
+            conn.execute("PRAGMA query_only = 1")
+        else:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # an index is rebuilt from events
+        return conn
+
+    async def start(self) -> None:
+        self._writer = _Workers(1, lambda: self._connect(readonly=False), "search-write")
+        await self._writer.run(lambda conn: conn.executescript(SCHEMA))
+        if self._path == ":memory:" or self._path.startswith("file::memory:"):
+            self._readers = self._writer  # one private database: its one connection reads too
+        else:
+            self._readers = _Workers(self._readers_count, lambda: self._connect(readonly=True),
+                                     "search-read")
+
+    async def close(self) -> None:
+        for workers in {id(w): w for w in (self._readers, self._writer) if w}.values():
+            await asyncio.to_thread(workers.close)
+        self._writer = self._readers = None
+
+    async def reset(self) -> None:
+        await self._write(lambda conn: conn.executescript(DROP + SCHEMA))
+
+    async def refresh(self) -> None:
+        """Nothing to do: a committed write is visible to the next read."""
+
+    async def _write(self, work: Callable[..., T], *args: Any) -> T:
+        if self._writer is None:
+            raise RuntimeError("EmbeddedSearch.start() was not awaited")
+        return await self._writer.run(work, *args)
+
+    async def _read(self, work: Callable[..., T], *args: Any) -> T:
+        if self._readers is None:
+            raise RuntimeError("EmbeddedSearch.start() was not awaited")
+        return await self._readers.run(work, *args)
+
+    # --- writes ---------------------------------------------------------------------------
+
+    async def index_post(self, doc: PostDoc) -> None:
+        await self._write(_index_post, doc)
+
+    async def delete_post(self, post_id: str, version: int) -> None:
+        await self._write(_delete_post, post_id, version)
+
+    async def index_user(self, doc: UserDoc) -> None:
+        await self._write(_index_user, doc)
+
+    # --- reads ----------------------------------------------------------------------------
+
+    async def search_posts(self, q: str, viewer: Viewer, *, limit: int,
+                           cursor: str | None) -> Hits:
+        query = parse_post_query(q)
+        position = cursors.decode("posts", q, cursor, _POST_KEY, anchored=True)
+        anchor = position.anchor if position else time.time_ns() // 1000
+        sql, params = post_select(query, viewer, anchor_us=anchor, limit=limit + 1,
+                                  half_life_us=self._half_life_us,
+                                  after=position.key if position else None)
+        rows = await self._read(_fetch, sql, params)
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1]
+            next_cursor = cursors.encode("posts", q, cursors.Position(
+                [last[1], last[2], last[0]], anchor))
+        return Hits([row[0] for row in rows], next_cursor)
+
+    async def search_users(self, q: str, viewer: Viewer, *, limit: int,
+                           cursor: str | None) -> Hits:
+        query = parse_user_query(q)
+        position = cursors.decode("users", q, cursor, _USER_KEY, anchored=False)
+        sql, params = user_select(query, viewer, limit=limit + 1,
+                                  after=position.key if position else None)
+        rows = await self._read(_fetch, sql, params)
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1]
+            next_cursor = cursors.encode("users", q, cursors.Position(
+                [last[1], last[2], last[3], last[0]]))
+        return Hits([row[0] for row in rows], next_cursor)
+
+
+# --- work done on the threads ---------------------------------------------------------------
+
+def _fetch(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return conn.execute(sql, params).fetchall()
+
+
+def _stored(conn: sqlite3.Connection, table: str, key: str, value: str) -> tuple[int, int] | None:
+    """(row id, version) of a stored document."""
+    return conn.execute(f"SELECT id, version FROM {table} WHERE {key} = ?", (value,)).fetchone()
+
+
+def _index_post(conn: sqlite3.Connection, doc: PostDoc) -> None:
+    text = f"{doc.content_warning}\n{doc.text}" if doc.content_warning else doc.text
+    tags = " ".join(dict.fromkeys(normalize_tag(t) for t in doc.hashtags))
+    values = (doc.version, doc.author_id, doc.visibility,
+              json.dumps([m.lower() for m in doc.mentions]), int(doc.has_media),
+              micros(doc.created_at))
+    with _transaction(conn):
+        stored = _stored(conn, "posts", "post_id", doc.post_id)
+        if stored and stored[1] >= doc.version:
+            return
+        if stored:
+            row_id = stored[0]
+            conn.execute("""UPDATE posts SET version = ?, deleted = 0, author_id = ?,
+                            visibility = ?, mentions = ?, has_media = ?, created_us = ?
+                            WHERE id = ?""", (*values, row_id))
+            conn.execute("DELETE FROM post_text WHERE rowid = ?", (row_id,))
+        else:
+            row_id = conn.execute("""INSERT INTO posts (post_id, version, deleted, author_id,
+                                     visibility, mentions, has_media, created_us)
+                                     VALUES (?, ?, 0, ?, ?, ?, ?, ?)""",
+                                  (doc.post_id, *values)).lastrowid
+        conn.execute("INSERT INTO post_text (rowid, body, tags, author) VALUES (?, ?, ?, ?)",
+                     (row_id, index_tokens(text), tags, doc.author_username.lower()))
+
+
+def _delete_post(conn: sqlite3.Connection, post_id: str, version: int) -> None:
+    """Leave a tombstone with the version, so that an older write arriving late is ignored."""
+    with _transaction(conn):
+        stored = _stored(conn, "posts", "post_id", post_id)
+        if stored and stored[1] >= version:
+            return
+        if stored:
+            conn.execute("""UPDATE posts SET version = ?, deleted = 1, author_id = NULL,
+                            visibility = NULL, mentions = NULL, has_media = NULL,
+                            created_us = NULL WHERE id = ?""", (version, stored[0]))
+            conn.execute("DELETE FROM post_text WHERE rowid = ?", (stored[0],))
+        else:
+            conn.execute("INSERT INTO posts (post_id, version, deleted) VALUES (?, ?, 1)",
+                         (post_id, version))
+
+
+def _index_user(conn: sqlite3.Connection, doc: UserDoc) -> None:
+    username = doc.username.lower()
+    with _transaction(conn):
+        stored = _stored(conn, "users", "user_id", doc.user_id)
+        if stored and stored[1] >= doc.version:
+            return
+        if stored:
+            row_id = stored[0]
+            conn.execute("""UPDATE users SET version = ?, username = ?, followers_count = ?
+                            WHERE id = ?""", (doc.version, username, doc.followers_count, row_id))
+            conn.execute("DELETE FROM user_text WHERE rowid = ?", (row_id,))
+        else:
+            row_id = conn.execute("""INSERT INTO users (user_id, version, username,
+                                     followers_count) VALUES (?, ?, ?, ?)""",
+                                  (doc.user_id, doc.version, username,
+                                   doc.followers_count)).lastrowid
+        conn.execute("""INSERT INTO user_text (rowid, username, display_name, bio)
+                        VALUES (?, ?, ?, ?)""",
+                     (row_id, username, index_tokens(doc.display_name), index_tokens(doc.bio)))

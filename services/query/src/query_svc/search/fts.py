@@ -1,0 +1,187 @@
+"""SQL for the embedded engine: FTS5 match expressions and the ranked, filtered selects.
+
+Pure functions from a parsed query to SQL text and parameters, so the shape of the SQL can
+be read (and tested) without a database. Every filter sits in the WHERE clause of the one
+statement that also holds the LIMIT, so a page is only short when results run out.
+"""
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from . import Viewer
+from .analysis import bigrams
+from .query import Match, PostQuery, UserQuery
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS posts (
+    id INTEGER PRIMARY KEY,            -- rowid of the post's row in post_text
+    post_id TEXT NOT NULL UNIQUE,
+    version INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,          -- 1: a tombstone that only keeps the version
+    author_id TEXT,
+    visibility TEXT,
+    mentions TEXT,                     -- JSON array of lowercase usernames
+    has_media INTEGER,
+    created_us INTEGER                 -- microseconds since the Unix epoch, UTC
+);
+CREATE INDEX IF NOT EXISTS posts_by_time ON posts (created_us, post_id) WHERE deleted = 0;
+CREATE VIRTUAL TABLE IF NOT EXISTS post_text
+    USING fts5(body, tags, author, tokenize = "ascii tokenchars '_'");
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY,            -- rowid of the user's row in user_text
+    user_id TEXT NOT NULL UNIQUE,
+    version INTEGER NOT NULL,
+    username TEXT NOT NULL,            -- lowercase
+    followers_count INTEGER NOT NULL
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS user_text
+    USING fts5(username, display_name, bio, tokenize = "ascii tokenchars '_'");
+"""
+
+DROP = """
+DROP TABLE IF EXISTS posts;
+DROP TABLE IF EXISTS post_text;
+DROP TABLE IF EXISTS users;
+DROP TABLE IF EXISTS user_text;
+"""
+
+
+def _quoted(tokens: str) -> str:
+    """An FTS5 string: our tokens never hold quotes, but doubling keeps that a non-issue."""
+    return '"' + tokens.replace('"', '""') + '"'
+
+
+def phrase(match: Match) -> str:
+    """The FTS5 expression for one match, over the pre-tokenized text (see `analysis`)."""
+    if not match.cjk:
+        return _quoted(match.text)
+    if len(match.text) == 1:
+        return _quoted(match.text) + " *"
+    exact = _quoted(" ".join(bigrams(match.text)))
+    if match.stem:
+        return f"({exact} OR {_quoted(' '.join(bigrams(match.stem)))})"
+    return exact
+
+
+def _all(matches: tuple[Match, ...]) -> str:
+    return "(" + " AND ".join(phrase(m) for m in matches) + ")"
+
+
+def post_match(query: PostQuery) -> str | None:
+    """What FTS5 must find: the words, tags and authors; None when the query has none."""
+    parts = [f"body : {phrase(m)}" for m in query.required]
+    parts += [f"tags : {_quoted(tag)}" for tag in query.tags]
+    if query.authors:
+        parts.append("author : (" + " OR ".join(_quoted(a) for a in query.authors) + ")")
+    return " AND ".join(parts) or None
+
+
+def excluded_match(query: PostQuery) -> str | None:
+    groups = [f"body : {_all(group)}" for group in query.excluded]
+    return " OR ".join(groups) or None
+
+
+_VISIBLE = """
+    p.deleted = 0
+    AND p.author_id NOT IN (SELECT value FROM json_each(:excluded))
+    AND (p.visibility = 'public'
+         OR p.author_id = :me
+         OR (p.visibility = 'followers'
+             AND p.author_id IN (SELECT value FROM json_each(:following)))
+         OR (p.visibility = 'direct'
+             AND EXISTS (SELECT 1 FROM json_each(p.mentions) WHERE value = :my_username)))
+"""
+
+
+def post_select(query: PostQuery, viewer: Viewer, *, anchor_us: int, half_life_us: float,
+                after: list[Any] | None, limit: int) -> tuple[str, dict[str, Any]]:
+    """One page of post ids, with the score and time that make up the cursor."""
+    params: dict[str, Any] = {
+        "excluded": json.dumps(sorted(viewer.excluded)),
+        "following": json.dumps(sorted(viewer.following)),
+        "me": viewer.user_id, "my_username": viewer.username.lower(), "limit": limit,
+    }
+    where = [_VISIBLE]
+    if query.since:
+        where.append("p.created_us >= :since")
+        params["since"] = micros(query.since)
+    if query.before:
+        where.append("p.created_us < :before")
+        params["before"] = micros(query.before)
+    if query.has_media:
+        where.append("p.has_media = 1")
+    match, excluded = post_match(query), excluded_match(query)
+    if match and excluded:
+        match = f"({match}) NOT ({excluded})"
+    elif excluded:
+        where.append("p.id NOT IN (SELECT rowid FROM post_text WHERE post_text MATCH :not)")
+        params["not"] = excluded
+    if after is not None:
+        params.update(s=after[0], c=after[1], id=after[2])
+    filters = " AND ".join(where)
+    if match is None:
+        keyset = "AND (p.created_us, p.post_id) < (:c, :id)" if after is not None else ""
+        return (f"""
+            SELECT p.post_id, 0.0, p.created_us FROM posts p
+            WHERE {filters} {keyset}
+            ORDER BY p.created_us DESC, p.post_id DESC LIMIT :limit""", params)
+    params.update(match=match, anchor=anchor_us, half_life=half_life_us)
+    keyset = """WHERE score < :s OR (score = :s AND (created_us, post_id) < (:c, :id))"""
+    return (f"""
+        SELECT post_id, score, created_us FROM (
+            SELECT p.post_id AS post_id, p.created_us AS created_us,
+                   -bm25(post_text, 1.0, 0.0, 0.0)
+                       * pow(0.5, max(0, :anchor - p.created_us) / :half_life) AS score
+            FROM post_text JOIN posts p ON p.id = post_text.rowid
+            WHERE post_text MATCH :match AND {filters})
+        {keyset if after is not None else ""}
+        ORDER BY score DESC, created_us DESC, post_id DESC LIMIT :limit""", params)
+
+
+def user_match(query: UserQuery) -> str:
+    terms = []
+    for term in query.terms:
+        either = []
+        if term.matches:
+            either.append("{display_name bio} : " + _all(term.matches))
+        if term.username:
+            either.append(f"username : {_quoted(term.username)} *")
+        terms.append("(" + " OR ".join(either) + ")")
+    return " AND ".join(terms)
+
+
+def user_select(query: UserQuery, viewer: Viewer, *, after: list[Any] | None,
+                limit: int) -> tuple[str, dict[str, Any]]:
+    """One page of user ids: tier, then followers, then username (see `ranking`)."""
+    params: dict[str, Any] = {
+        "match": user_match(query), "words": json.dumps(query.usernames),
+        "excluded": json.dumps(sorted(viewer.excluded)), "limit": limit,
+    }
+    keyset = ""
+    if after is not None:
+        params.update(t=after[0], f=after[1], u=after[2], id=after[3])
+        keyset = """WHERE tier < :t OR (tier = :t AND (followers_count < :f
+                       OR (followers_count = :f AND (username, user_id) > (:u, :id))))"""
+    return (f"""
+        SELECT user_id, tier, followers_count, username FROM (
+            SELECT u.user_id AS user_id, u.followers_count AS followers_count,
+                   u.username AS username,
+                   CASE WHEN u.username IN (SELECT value FROM json_each(:words)) THEN 2
+                        WHEN EXISTS (SELECT 1 FROM json_each(:words)
+                                     WHERE substr(u.username, 1, length(value)) = value) THEN 1
+                        ELSE 0 END AS tier
+            FROM user_text JOIN users u ON u.id = user_text.rowid
+            WHERE user_text MATCH :match
+              AND u.user_id NOT IN (SELECT value FROM json_each(:excluded)))
+        {keyset}
+        ORDER BY tier DESC, followers_count DESC, username, user_id LIMIT :limit""", params)
+
+
+def micros(moment: datetime) -> int:
+    """Microseconds since the Unix epoch, exact (no float rounding); naive means UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(microseconds=1)

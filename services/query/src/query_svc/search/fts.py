@@ -12,6 +12,7 @@ from typing import Any
 from . import Viewer
 from .analysis import bigrams
 from .query import Match, PostQuery, UserQuery
+from .ranking import RECENCY_MAX_HALVINGS
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -128,13 +129,14 @@ def post_select(query: PostQuery, viewer: Viewer, *, anchor_us: int, half_life_u
             SELECT p.post_id, 0.0, p.created_us FROM posts p
             WHERE {filters} {keyset}
             ORDER BY p.created_us DESC, p.post_id DESC LIMIT :limit""", params)
-    params.update(match=match, anchor=anchor_us, half_life=half_life_us)
+    params.update(match=match, anchor=anchor_us, half_life=half_life_us,
+                  max_halvings=RECENCY_MAX_HALVINGS)
     keyset = """WHERE score < :s OR (score = :s AND (created_us, post_id) < (:c, :id))"""
     return (f"""
         SELECT post_id, score, created_us FROM (
             SELECT p.post_id AS post_id, p.created_us AS created_us,
-                   -bm25(post_text, 1.0, 0.0, 0.0)
-                       * pow(0.5, max(0, :anchor - p.created_us) / :half_life) AS score
+                   -bm25(post_text, 1.0, 0.0, 0.0) * pow(0.5, min(:max_halvings,
+                       max(0, :anchor - p.created_us) / :half_life)) AS score
             FROM post_text JOIN posts p ON p.id = post_text.rowid
             WHERE post_text MATCH :match AND {filters})
         {keyset if after is not None else ""}

@@ -31,6 +31,14 @@ function request()
   if "%(mode)s" == "me" then
     return wrk.format("GET", "/api/profiles/me", headers)
   end
+  if "%(mode)s" == "home" then
+    return wrk.format("GET", "/api/timelines/home", headers)
+  end
+  if "%(mode)s" == "post" then
+    headers["Content-Type"] = "application/json"
+    return wrk.format("POST", "/api/posts", headers,
+      '{"text": "bench post ' .. k .. ' 今日のラーメン #bench"}')
+  end
   local step = 1 + (math.floor(k / n) %% (n - 1))
   local target = lines[((k + step) %% n) + 1]
   return wrk.format("PUT", "/api/profiles/" .. target.id .. "/follow", headers)

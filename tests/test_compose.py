@@ -185,20 +185,31 @@ def shared(moto_endpoint, tmp_path_factory) -> Path:
     return directory
 
 
+def settings_class(service: str) -> type[ServiceSettings]:
+    """The service's own settings class (`<service>_svc.settings`)."""
+    module = importlib.import_module(f"{service}_svc.settings")
+    return next(value for value in vars(module).values() if isinstance(value, type)
+                and issubclass(value, ServiceSettings) and value is not ServiceSettings)
+
+
 def test_provision_step_leaves_every_service_complete_settings(shared, monkeypatch):
     outputs = json.loads((shared / "stack.json").read_text())
     for service in TOPOLOGY.services:
         values = dotenv_values(shared / f"{service.name}.env")
-        assert set(values) <= {field.upper() for field in ServiceSettings.model_fields}
-        for key, value in values.items():
-            monkeypatch.setenv(key, value)
-        settings = ServiceSettings()
+        cls = settings_class(service.name)
+        assert set(values) <= {field.upper() for field in cls.model_fields}
+        with monkeypatch.context() as env:
+            for key, value in values.items():
+                env.setenv(key, value)
+            settings = cls()
         assert settings.database_url == (
             f"postgresql+asyncpg://asyncsns:asyncsns@postgres:5432/{service.name}")
         assert settings.redis_url == "redis://redis:6379/0"
         assert settings.cognito_user_pool_id == outputs["user_pool_id"]
         assert settings.cognito_client_id == outputs["client_id"]
         assert settings.events_topic_arn == outputs["topics"].get(service.name)
+        if service.needs_search:
+            assert settings.search_url == "http://opensearch:9200"
 
 
 # Only containers that keep their image's healthcheck: compose's own, where set, replaces it.
@@ -210,9 +221,11 @@ def test_container_command_passes_the_image_healthcheck(name, shared, tmp_path):
     command = [part.replace("/shared", str(shared)) for part in service["command"]]
     command[command.index("--host") + 1] = "127.0.0.1"
     command[command.index("--port") + 1] = str(port)
-    # Compose's PostgreSQL is not here; a variable set outside wins over the env file.
+    # Compose's PostgreSQL and OpenSearch are not here; a variable set outside wins over the
+    # env file.
     env = {**os.environ, **LOCAL_PATH, **service.get("environment", {}),
-           "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/db.sqlite3"}
+           "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/db.sqlite3",
+           "SEARCH_URL": f"sqlite:///{tmp_path}/search.sqlite3"}
     image = dockerfile_of(service)
     check = instructions(image, "HEALTHCHECK")[-1].value
     assert check[0] == "CMD"

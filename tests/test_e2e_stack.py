@@ -1,6 +1,7 @@
 """End to end through the gateway of `asyncsns-stack up`: accounts, the graph, a restart."""
 
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +45,8 @@ def test_health_reports_every_service(stack: RunningStack) -> None:
     health = httpx.get(f"{stack.url}/api/health")
 
     assert health.status_code == 200
-    assert health.json() == {"status": "ok", "services": {"profile": "ok"}}
+    assert health.json() == {"status": "ok",
+                             "services": {"profile": "ok", "post": "ok", "query": "ok"}}
 
 
 def test_unknown_paths_get_a_problem_from_the_gateway(stack: RunningStack) -> None:
@@ -91,6 +93,47 @@ def test_follow_block_and_a_restart_that_keeps_users(stack: RunningStack,
         assert bob_again["followers_count"] == bob_again["following_count"] == 0
 
 
+def eventually(api: httpx.Client, path: str, headers: dict[str, str], predicate,
+               timeout_s: float = 20.0) -> dict:
+    """GET `path` until `predicate(body)` holds: the read side follows the writes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = api.get(path, headers=headers)
+        if response.status_code == 200 and predicate(response.json()):
+            return response.json()
+        assert time.monotonic() < deadline, f"{path}: {response.status_code} {response.text}"
+        time.sleep(0.1)
+
+
+def test_post_reaches_a_followers_home_timeline_and_search(stack: RunningStack) -> None:
+    api = httpx.Client(base_url=stack.url, timeout=10)
+    author, as_author = sign_up_and_log_in(api, "ramen_author")
+    _, as_reader = sign_up_and_log_in(api, "ramen_reader")
+    assert api.put(f"/api/profiles/{author}/follow", headers=as_reader).status_code == 204
+
+    created = api.post("/api/posts", headers={**as_author, "Idempotency-Key": "e2e-1"},
+                       json={"text": "今日のラーメンは美味しかった #ラーメン"})
+    assert created.status_code == 201, created.text
+    post_id = created.json()["id"]
+
+    home = eventually(api, "/api/timelines/home", as_reader,
+                      lambda body: [p["id"] for p in body["items"]] == [post_id])
+    assert home["items"][0]["author"]["username"] == "ramen_author"
+    for q in ("ラーメン", "美味", "#ラーメン", "from:ramen_author ラーメン"):
+        found = eventually(api, f"/api/search?q={q}", as_reader,
+                           lambda body: [p["id"] for p in body["items"]] == [post_id])
+        assert found["items"][0]["hashtags"] == ["ラーメン"]
+    view = api.get(f"/api/posts/{post_id}", headers=as_reader)
+    assert view.status_code == 200 and view.json()["text"].startswith("今日の")
+
+    assert api.put(f"/api/posts/{post_id}/like", headers=as_reader).status_code == 204
+    eventually(api, f"/api/posts/{post_id}", as_reader,
+               lambda body: body["like_count"] == 1 and body["liked_by_me"])
+    assert api.delete(f"/api/posts/{post_id}", headers=as_author).status_code == 204
+    eventually(api, "/api/timelines/home", as_reader, lambda body: body["items"] == [])
+    eventually(api, "/api/search?q=ラーメン", as_reader, lambda body: body["items"] == [])
+
+
 def test_the_stack_runs_on_postgresql_when_given_a_server(tmp_path: Path, postgres_server) -> None:
     database = f"e2e_{uuid.uuid4().hex[:12]}"
     template = postgres_server.url_for(database).replace(database, "{service}_" + database)
@@ -100,4 +143,5 @@ def test_the_stack_runs_on_postgresql_when_given_a_server(tmp_path: Path, postgr
             me = api.get("/api/profiles/me", headers=headers)
         assert me.status_code == 200 and me.json()["user_id"] == user_id
         assert not list((tmp_path / "data").glob("*.db")), "no SQLite file when given a server"
-    postgres_server.execute(f'DROP DATABASE IF EXISTS "profile_{database}" WITH (FORCE)')
+    for service in ("profile", "post", "query"):
+        postgres_server.execute(f'DROP DATABASE IF EXISTS "{service}_{database}" WITH (FORCE)')

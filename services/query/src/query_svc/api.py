@@ -14,7 +14,7 @@ from chassis.pagination import Cursor, Limit, Page, decode_cursor
 from chassis.problems import Problem, invalid, not_found
 from chassis.text import normalize_tag
 
-from .models import edges, post_tags, post_versions, posts, timeline, users
+from .models import edges, post_mentions, post_tags, post_versions, posts, timeline, users
 from .search import SearchEngine
 from .views import (
     PostView,
@@ -82,18 +82,23 @@ async def home(user: CurrentUser, db: DatabaseDep, limit: Limit = 20,
                cursor: Cursor = None) -> Page[PostView]:
     """Posts by the people the caller follows and the caller's own, newest first.
 
-    Most posts were fanned out into the caller's timeline when written; posts by authors
-    with very many followers were not, and are merged in here from the follow list.
+    Most posts were fanned out into the caller's timeline when written. Posts by authors
+    with very many followers were not, and are merged in here from the follow list, as are
+    direct posts that mention the caller.
     """
     position = decode_cursor(cursor, "id")
     fanned = select(timeline.c.post_id.label("id")).where(timeline.c.user_id == user.id)
-    merged = (select(posts.c.id).join(edges, edges.c.target == posts.c.author_id)
-              .where(edges.c.kind == "follow", edges.c.source == user.id, edges.c.active,
-                     posts.c.fanned_out.is_(False)))
+    popular = (select(posts.c.id).join(edges, edges.c.target == posts.c.author_id)
+               .where(edges.c.kind == "follow", edges.c.source == user.id, edges.c.active,
+                      posts.c.fanned_out.is_(False)))
+    direct = (select(posts.c.id).join(post_mentions, post_mentions.c.post_id == posts.c.id)
+              .where(post_mentions.c.username == user.username.lower(),
+                     posts.c.visibility == "direct"))
     if position is not None:
         fanned = fanned.where(timeline.c.post_id < position["id"])
-        merged = merged.where(posts.c.id < position["id"])
-    ids = union(fanned, merged).subquery()
+        popular = popular.where(posts.c.id < position["id"])
+        direct = direct.where(posts.c.id < position["id"])
+    ids = union(fanned, popular, direct).subquery()
     query = post_views(user).join(ids, ids.c.id == posts.c.id).where(visible(user))
     async with db.sessions() as session:
         return await page_of_posts(session, query, limit=limit, cursor=cursor)

@@ -101,6 +101,7 @@ post_mentions = Table(
     "post_mentions", metadata,
     Column("post_id", String(ID), primary_key=True),
     Column("username", String(30), primary_key=True),
+    Index("ix_post_mentions_username", "username", "post_id"),
 )
 
 # Home timelines, fanned out on write and bounded per user.

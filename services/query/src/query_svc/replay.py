@@ -27,7 +27,8 @@ BATCH = 200
 
 async def replay(settings: QuerySettings) -> int:
     """Apply every archived event to the (empty) store and index `settings` name."""
-    await ensure_database(settings.database_url)
+    if settings.database_url.startswith("postgresql"):
+        await ensure_database(settings.database_url)
     db = Database(settings.database_url)
     engine = engine_from_url(settings.resolved_search_url(),
                              refresh_interval=settings.search_refresh_interval)

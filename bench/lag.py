@@ -1,0 +1,70 @@
+"""How long after its 201 a post shows in a follower's home timeline and in search."""
+
+import asyncio
+import statistics
+import time
+import uuid
+from dataclasses import dataclass
+
+import httpx
+
+
+@dataclass
+class Lags:
+    home_ms: list[float]
+    search_ms: list[float]
+
+    def lines(self) -> list[str]:
+        return [_line("post -> follower's home timeline", self.home_ms, "p99 <= 300 ms"),
+                _line("post -> searchable", self.search_ms, "p99 <= 500 ms")]
+
+
+def _line(name: str, samples: list[float], target: str) -> str:
+    if not samples:
+        return f"{name:<34} no samples"
+    cuts = statistics.quantiles(samples, n=100) if len(samples) > 1 else samples * 99
+    return (f"{name:<34} samples {len(samples):>5}   p50 {cuts[49]:>7.1f} ms   "
+            f"p99 {cuts[98]:>7.1f} ms   ({target})")
+
+
+async def _wait_for(http: httpx.AsyncClient, path: str, headers: dict[str, str],
+                    post_id: str, started: float, timeout_s: float = 10.0) -> float | None:
+    while time.perf_counter() - started < timeout_s:
+        response = await http.get(path, headers=headers)
+        if response.status_code == 200 and any(p["id"] == post_id
+                                                for p in response.json()["items"]):
+            return (time.perf_counter() - started) * 1000
+        await asyncio.sleep(0.01)
+    return None
+
+
+async def measure(base_url: str, author: tuple[str, str], reader: tuple[str, str],
+                  duration_s: float) -> Lags:
+    """Post as `author` every 200 ms for `duration_s`; watch for each post as `reader`
+    (who follows the author) in the home timeline and in search."""
+    as_author = {"Authorization": f"Bearer {author[0]}"}
+    as_reader = {"Authorization": f"Bearer {reader[0]}"}
+    lags = Lags([], [])
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        follow = await http.put(f"/api/profiles/{author[1]}/follow", headers=as_reader)
+        follow.raise_for_status()
+        await asyncio.sleep(1)  # the follow reaches the read side before the first probe
+        probes = []
+        deadline = time.perf_counter() + duration_s
+        while time.perf_counter() < deadline:
+            token = f"lag{uuid.uuid4().hex[:10]}"
+            created = await http.post("/api/posts", headers=as_author,
+                                      json={"text": f"probe {token}"})
+            started = time.perf_counter()
+            if created.status_code == 201:
+                post_id = created.json()["id"]
+                probes.append(asyncio.gather(
+                    _wait_for(http, "/api/timelines/home", as_reader, post_id, started),
+                    _wait_for(http, f"/api/search?q={token}", as_reader, post_id, started)))
+            await asyncio.sleep(0.2)
+        for home, search in await asyncio.gather(*probes):
+            if home is not None:
+                lags.home_ms.append(home)
+            if search is not None:
+                lags.search_ms.append(search)
+    return lags

@@ -20,7 +20,7 @@ bench: install
 	$(UV) run --frozen python -m bench $(ARGS)
 
 catalog: install
-	$(UV) run --frozen python -m chassis.catalog profile_svc.events > docs/event-catalog.json
+	$(UV) run --frozen python -m chassis.catalog profile_svc.events post_svc.events > docs/event-catalog.json
 
 lint: install
 	$(UV) run --frozen ruff check .

@@ -5,6 +5,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -65,34 +66,6 @@ def test_a_250_kb_token_reaches_the_service_and_is_refused(stack: RunningStack) 
     assert response.headers["content-type"].startswith(PROBLEM_JSON)
 
 
-def test_follow_block_and_a_restart_that_keeps_users(stack: RunningStack,
-                                                     data_dir: Path) -> None:
-    api = httpx.Client(base_url=stack.url, timeout=10)
-    alice, as_alice = sign_up_and_log_in(api, "alice")
-    bob, as_bob = sign_up_and_log_in(api, "bob")
-
-    assert api.put(f"/api/profiles/{bob}/follow", headers=as_alice).status_code == 204
-    assert api.get(f"/api/profiles/{bob}", headers=as_alice).json()["followers_count"] == 1
-    assert api.put(f"/api/profiles/{alice}/follow", headers=as_bob).status_code == 204
-
-    assert api.put(f"/api/profiles/{bob}/block", headers=as_alice).status_code == 204
-    for user in (alice, bob):
-        profile = api.get(f"/api/profiles/{user}", headers=as_alice).json()
-        assert (profile["followers_count"], profile["following_count"]) == (0, 0)
-    refused = api.put(f"/api/profiles/{alice}/follow", headers=as_bob)
-    assert 400 <= refused.status_code < 500
-    assert refused.headers["content-type"].startswith(PROBLEM_JSON)
-
-    assert stack.stop(signal.SIGINT) == 0
-    with running_stack(data_dir) as again:
-        api = httpx.Client(base_url=again.url, timeout=10)
-        me = api.get("/api/profiles/me", headers=log_in(api, "alice"))
-        assert me.json()["user_id"] == alice
-        bob_again = api.get("/api/profiles/me", headers=log_in(api, "bob")).json()
-        assert bob_again["user_id"] == bob
-        assert bob_again["followers_count"] == bob_again["following_count"] == 0
-
-
 def eventually(api: httpx.Client, path: str, headers: dict[str, str], predicate,
                timeout_s: float = 20.0) -> dict:
     """GET `path` until `predicate(body)` holds: the read side follows the writes."""
@@ -120,7 +93,7 @@ def test_post_reaches_a_followers_home_timeline_and_search(stack: RunningStack) 
                       lambda body: [p["id"] for p in body["items"]] == [post_id])
     assert home["items"][0]["author"]["username"] == "ramen_author"
     for q in ("ラーメン", "美味", "#ラーメン", "from:ramen_author ラーメン"):
-        found = eventually(api, f"/api/search?q={q}", as_reader,
+        found = eventually(api, f"/api/search?q={quote(q)}", as_reader,
                            lambda body: [p["id"] for p in body["items"]] == [post_id])
         assert found["items"][0]["hashtags"] == ["ラーメン"]
     view = api.get(f"/api/posts/{post_id}", headers=as_reader)
@@ -132,6 +105,34 @@ def test_post_reaches_a_followers_home_timeline_and_search(stack: RunningStack) 
     assert api.delete(f"/api/posts/{post_id}", headers=as_author).status_code == 204
     eventually(api, "/api/timelines/home", as_reader, lambda body: body["items"] == [])
     eventually(api, "/api/search?q=ラーメン", as_reader, lambda body: body["items"] == [])
+
+
+def test_follow_block_and_a_restart_that_keeps_users(stack: RunningStack,
+                                                     data_dir: Path) -> None:
+    api = httpx.Client(base_url=stack.url, timeout=10)
+    alice, as_alice = sign_up_and_log_in(api, "alice")
+    bob, as_bob = sign_up_and_log_in(api, "bob")
+
+    assert api.put(f"/api/profiles/{bob}/follow", headers=as_alice).status_code == 204
+    assert api.get(f"/api/profiles/{bob}", headers=as_alice).json()["followers_count"] == 1
+    assert api.put(f"/api/profiles/{alice}/follow", headers=as_bob).status_code == 204
+
+    assert api.put(f"/api/profiles/{bob}/block", headers=as_alice).status_code == 204
+    for user in (alice, bob):
+        profile = api.get(f"/api/profiles/{user}", headers=as_alice).json()
+        assert (profile["followers_count"], profile["following_count"]) == (0, 0)
+    refused = api.put(f"/api/profiles/{alice}/follow", headers=as_bob)
+    assert 400 <= refused.status_code < 500
+    assert refused.headers["content-type"].startswith(PROBLEM_JSON)
+
+    assert stack.stop(signal.SIGINT) == 0
+    with running_stack(data_dir) as again:
+        api = httpx.Client(base_url=again.url, timeout=10)
+        me = api.get("/api/profiles/me", headers=log_in(api, "alice"))
+        assert me.json()["user_id"] == alice
+        bob_again = api.get("/api/profiles/me", headers=log_in(api, "bob")).json()
+        assert bob_again["user_id"] == bob
+        assert bob_again["followers_count"] == bob_again["following_count"] == 0
 
 
 def test_the_stack_runs_on_postgresql_when_given_a_server(tmp_path: Path, postgres_server) -> None:

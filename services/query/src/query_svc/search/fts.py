@@ -6,6 +6,7 @@ statement that also holds the LIMIT, so a page is only short when results run ou
 """
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,10 +16,11 @@ from .query import Match, PostQuery, UserQuery
 from .ranking import RECENCY_MAX_HALVINGS
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+KEY_BITS = 10  # row keys per millisecond of creation time
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS posts (
-    id INTEGER PRIMARY KEY,            -- rowid of the post's row in post_text
+    id INTEGER PRIMARY KEY,            -- row key (see post_key), also the post's post_text rowid
     post_id TEXT NOT NULL UNIQUE,
     version INTEGER NOT NULL,
     deleted INTEGER NOT NULL,          -- 1: a tombstone that only keeps the version
@@ -38,6 +40,8 @@ CREATE TABLE IF NOT EXISTS users (
     username TEXT NOT NULL,            -- lowercase
     followers_count INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS counts (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counts VALUES ('live_posts', 0);
 CREATE VIRTUAL TABLE IF NOT EXISTS user_text
     USING fts5(username, display_name, bio, tokenize = "ascii tokenchars '_'");
 """
@@ -47,6 +51,7 @@ DROP TABLE IF EXISTS posts;
 DROP TABLE IF EXISTS post_text;
 DROP TABLE IF EXISTS users;
 DROP TABLE IF EXISTS user_text;
+DROP TABLE IF EXISTS counts;
 """
 
 
@@ -65,6 +70,13 @@ def phrase(match: Match) -> str:
     if match.stem:
         return f"({exact} OR {_quoted(' '.join(bigrams(match.stem)))})"
     return exact
+
+
+def _phrases(match: Match) -> list[str]:
+    """The FTS5 phrases of one match, each of which BM25 weighs on its own."""
+    if match.cjk and match.stem:
+        return [_quoted(" ".join(bigrams(run))) for run in (match.text, match.stem)]
+    return [phrase(match)]
 
 
 def _all(matches: tuple[Match, ...]) -> str:
@@ -97,9 +109,31 @@ _VISIBLE = """
 """
 
 
-def post_select(query: PostQuery, viewer: Viewer, *, anchor_us: int, half_life_us: float,
-                after: list[Any] | None, limit: int) -> tuple[str, dict[str, Any]]:
-    """One page of post ids, with the score and time that make up the cursor."""
+@dataclass(frozen=True)
+class PostPlan:
+    """How to find one page of posts.
+
+    `streamed`: `sql` yields every match, newest row key first, as (post_id, score,
+    created_us, row key), for the caller's top-k loop (see `embedded`); `phrases` are the
+    positive body phrases whose BM25 weights bound the score. Otherwise `sql` is the page
+    itself, (post_id, score, created_us) rows.
+    """
+
+    sql: str
+    params: dict[str, Any]
+    streamed: bool
+    phrases: tuple[str, ...] = ()
+
+
+def post_key(created_us: int) -> int:
+    """The first row key for a post created at `created_us`: keys are ordered like creation
+    times (one 1024-key bucket per millisecond), so FTS5 can walk matches newest first."""
+    return (created_us // 1000) << KEY_BITS
+
+
+def post_plan(query: PostQuery, viewer: Viewer, *, anchor_us: int, half_life_us: float,
+              after: list[Any] | None, limit: int) -> PostPlan:
+    """The statement for one page of posts, after the sort key `after` (a cursor's)."""
     params: dict[str, Any] = {
         "excluded": json.dumps(sorted(viewer.excluded)),
         "following": json.dumps(sorted(viewer.following)),
@@ -125,22 +159,23 @@ def post_select(query: PostQuery, viewer: Viewer, *, anchor_us: int, half_life_u
     filters = " AND ".join(where)
     if match is None:
         keyset = "AND (p.created_us, p.post_id) < (:c, :id)" if after is not None else ""
-        return (f"""
+        return PostPlan(f"""
             SELECT p.post_id, 0.0, p.created_us FROM posts p
             WHERE {filters} {keyset}
-            ORDER BY p.created_us DESC, p.post_id DESC LIMIT :limit""", params)
+            ORDER BY p.created_us DESC, p.post_id DESC LIMIT :limit""", params, streamed=False)
     params.update(match=match, anchor=anchor_us, half_life=half_life_us,
                   max_halvings=RECENCY_MAX_HALVINGS)
-    keyset = """WHERE score < :s OR (score = :s AND (created_us, post_id) < (:c, :id))"""
-    return (f"""
-        SELECT post_id, score, created_us FROM (
-            SELECT p.post_id AS post_id, p.created_us AS created_us,
+    keyset = "WHERE score < :s OR (score = :s AND (created_us, post_id) < (:c, :id))"
+    return PostPlan(f"""
+        SELECT post_id, score, created_us, row_key FROM (
+            SELECT p.post_id AS post_id, p.created_us AS created_us, post_text.rowid AS row_key,
                    -bm25(post_text, 1.0, 0.0, 0.0) * pow(0.5, min(:max_halvings,
                        max(0, :anchor - p.created_us) / :half_life)) AS score
             FROM post_text JOIN posts p ON p.id = post_text.rowid
             WHERE post_text MATCH :match AND {filters})
         {keyset if after is not None else ""}
-        ORDER BY score DESC, created_us DESC, post_id DESC LIMIT :limit""", params)
+        ORDER BY row_key DESC""", params, streamed=True,
+        phrases=tuple(f"body : {p}" for m in query.required for p in _phrases(m)))
 
 
 def user_match(query: UserQuery) -> str:

@@ -1,0 +1,95 @@
+"""The embedded engine's own promises: its early-stopping ranking walk returns exactly the
+full ranking, row keys follow creation time, and the parser's structure."""
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+import query_svc.search.embedded as embedded
+from query_svc.search import PostDoc, Viewer
+from query_svc.search.embedded import EmbeddedSearch
+from query_svc.search.query import Match, parse_post_query
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+WORDS = ["ramen", "tea", "cake", "rain", "ラーメン", "美味しかった", "美味しい", "雨"]
+
+
+def post(i: int, text: str, at: datetime, **fields: Any) -> PostDoc:
+    values: dict[str, Any] = {
+        "post_id": f"p{i:04}", "author_id": f"id-{i % 7}", "author_username": f"user{i % 7}",
+        "text": text, "content_warning": None, "hashtags": ("tag",) if i % 3 == 0 else (),
+        "mentions": (), "visibility": "followers" if i % 11 == 0 else "public",
+        "has_media": i % 4 == 0, "reply_to": None, "created_at": at, "version": 1,
+    }
+    return PostDoc(**(values | fields))
+
+
+@pytest.fixture
+async def corpus(tmp_path) -> EmbeddedSearch:
+    """600 posts over 200 days (a third of them in the same second), varied relevance."""
+    rng = random.Random(5)
+    engine = EmbeddedSearch(str(tmp_path / "search.db"))
+    await engine.start()
+    for i in range(600):
+        at = NOW if i % 3 == 1 else NOW - timedelta(seconds=rng.uniform(0, 200 * 86400))
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12)))
+        await engine.index_post(post(i, text, at))
+    yield engine
+    await engine.close()
+
+
+@pytest.mark.parametrize("q", ["ramen", "ラーメン", "美味しい", "ramen tea", "#tag", "雨",
+                               "from:user3", "cake -tea", "has:media", "tea since:2020-01-01"])
+async def test_pages_of_the_stopping_walk_equal_the_full_ranking(corpus, q, monkeypatch):
+    stopped_early = []
+    walk = embedded._walk
+
+    def watched(conn, rows, *args):
+        best = walk(conn, rows, *args)
+        stopped_early.append(rows.fetchone() is not None)
+        return best
+
+    monkeypatch.setattr(embedded, "_walk", watched)
+    monkeypatch.setattr(embedded, "BATCH", 1)  # so that unread rows stay in the statement
+    viewer = Viewer("id-9", "nine", following=frozenset({"id-0"}), excluded=frozenset({"id-5"}))
+    whole = (await corpus.search_posts(q, viewer, limit=1000, cursor=None)).ids
+    paged, cursor = [], None
+    while True:
+        hits = await corpus.search_posts(q, viewer, limit=7, cursor=cursor)
+        paged += hits.ids
+        if not (cursor := hits.next_cursor):
+            break
+    assert paged == whole and len(whole) > 20
+    if not q.startswith("has:"):  # has:media alone walks posts by time, not text matches
+        assert any(stopped_early)
+
+
+async def test_row_keys_follow_creation_time(corpus):
+    keys = await corpus._read(lambda c: c.execute(
+        "SELECT id, created_us FROM posts WHERE deleted = 0 ORDER BY id").fetchall())
+    assert [created for _, created in keys] == sorted(created for _, created in keys)
+    assert len({key for key, _ in keys}) == 600  # 200 posts in one second, all distinct
+
+
+async def test_more_posts_in_one_millisecond_than_keys_still_rank_exactly(tmp_path):
+    engine = EmbeddedSearch(str(tmp_path / "search.db"))
+    await engine.start()
+    for i in range(1100):
+        await engine.index_post(post(i, "same moment" + " again" * (i % 3), NOW))
+    viewer = Viewer("id-x", "x")
+    whole = (await engine.search_posts("moment", viewer, limit=2000, cursor=None)).ids
+    first = await engine.search_posts("moment", viewer, limit=50, cursor=None)
+    assert len(whole) == 1000 and first.ids == whole[:50]  # 100 are followers-only
+    await engine.close()
+
+
+def test_parsed_queries_keep_phrases_stems_and_filters():
+    query = parse_post_query('美味しい "New  York" -"very hot" #Ramen from:@Ann has:media')
+    assert query.required == (Match("美味しい", cjk=True, stem="美味し"),
+                              Match("new york", cjk=False))
+    assert query.excluded == ((Match("very hot", cjk=False),),)
+    assert query.tags == ("ramen",) and query.authors == ("ann",) and query.has_media
+    assert parse_post_query("ラーメン屋").required == (Match("ラーメン屋", cjk=True),)
+    assert parse_post_query('"美味しい"').required == (Match("美味しい", cjk=True),)

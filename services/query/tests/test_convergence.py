@@ -1,5 +1,6 @@
 """Duplicated and reordered events end in the same state as in-order delivery."""
 
+import functools
 import random
 
 import pytest
@@ -23,11 +24,13 @@ async def apply_all(url: str, search_url: str, events) -> tuple[dict, list]:
     await engine.start()
     try:
         await db.create_all(metadata)
-        projector = Projector(fanout_threshold=100, follow_backfill=40, search=engine)
+        projector = Projector(fanout_threshold=100, follow_backfill=40, search=engine, db=db)
         handlers = projector.all_handlers()
         for event in events:
-            async with db.transaction() as session:
-                await handlers[event.type](session, event)
+            handler = handlers[event.type]
+            if handler.before:
+                await handler.before(event)
+            await db.run(functools.partial(handler.unit, envelope=event))
         return await dump(db), engine
     finally:
         await db.dispose()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-import query_svc.search.embedded as embedded
+import query_svc.search.walk as walking
 from query_svc.search import PostDoc, Viewer
 from query_svc.search.embedded import EmbeddedSearch
 from query_svc.search.query import Match, parse_post_query
@@ -44,15 +44,15 @@ async def corpus(tmp_path) -> EmbeddedSearch:
                                "from:user3", "cake -tea", "has:media", "tea since:2020-01-01"])
 async def test_pages_of_the_stopping_walk_equal_the_full_ranking(corpus, q, monkeypatch):
     stopped_early = []
-    walk = embedded._walk
+    walk = walking.walk
 
-    def watched(conn, rows, *args):
-        best = walk(conn, rows, *args)
+    def watched(rows, *args):
+        best = walk(rows, *args)
         stopped_early.append(rows.fetchone() is not None)
         return best
 
-    monkeypatch.setattr(embedded, "_walk", watched)
-    monkeypatch.setattr(embedded, "BATCH", 1)  # so that unread rows stay in the statement
+    monkeypatch.setattr(walking, "walk", watched)
+    monkeypatch.setattr(walking, "BATCH", 1)  # so that unread rows stay in the statement
     viewer = Viewer("id-9", "nine", following=frozenset({"id-0"}), excluded=frozenset({"id-5"}))
     whole = (await corpus.search_posts(q, viewer, limit=1000, cursor=None)).ids
     paged, cursor = [], None

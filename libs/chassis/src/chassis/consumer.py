@@ -10,7 +10,8 @@ from typing import Any
 
 from opentelemetry import trace
 from pydantic import ValidationError
-from sqlalchemy import MetaData, insert
+from sqlalchemy import MetaData, Table, insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,8 +22,68 @@ from .tracing import span_from
 
 log = logging.getLogger("chassis.consumer")
 
-Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
 MAX_RECEIVES = 5
+
+
+class _Duplicate(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Apply:
+    """A handler as a synchronous unit of work over a Core connection (`Database.run`: on
+    SQLite one hand-off to the writer thread instead of one per statement).
+
+    `before` runs first, outside the transaction, for side effects in other stores that are
+    idempotent by version (a search index): if the unit then fails, the redelivery repeats
+    them harmlessly.
+    """
+
+    unit: Callable[[Connection, Envelope], None]
+    before: Callable[[Envelope], Awaitable[None]] | None = None
+
+
+Handler = Callable[[AsyncSession, Envelope], Awaitable[None]] | Apply
+
+
+def record_in_inbox(conn: Connection, inbox: Table, consumer: str, envelope: Envelope) -> bool:
+    """Insert the event's inbox row; False if this consumer has handled it already."""
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(inbox).values(consumer=consumer, event_id=envelope.id,
+                                              event_type=envelope.type, processed_at=utcnow()))
+    except IntegrityError:
+        return False
+    return True
+
+
+async def apply_event(db: Database, inbox: Table, consumer: str, handler: Handler,
+                      envelope: Envelope) -> bool:
+    """Apply one event once: the inbox row and the handler's changes commit together.
+    Returns False for a duplicate."""
+    if isinstance(handler, Apply):
+        if handler.before is not None:
+            await handler.before(envelope)
+
+        def unit(conn: Connection) -> bool:
+            if not record_in_inbox(conn, inbox, consumer, envelope):
+                return False
+            handler.unit(conn, envelope)
+            return True
+
+        return await db.run(unit)
+    try:
+        async with db.transaction() as session:
+            try:
+                await session.execute(insert(inbox).values(
+                    consumer=consumer, event_id=envelope.id, event_type=envelope.type,
+                    processed_at=utcnow()))
+            except IntegrityError as exc:
+                raise _Duplicate from exc
+            await handler(session, envelope)
+    except _Duplicate:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -48,10 +109,6 @@ def unwrap(message: dict[str, Any]) -> Delivery:
     attributes = {k: v.get("StringValue", "")
                   for k, v in (message.get("MessageAttributes") or {}).items()}
     return Delivery(body, attributes)
-
-
-class _Duplicate(Exception):
-    pass
 
 
 class Consumer:
@@ -141,16 +198,7 @@ class Consumer:
         carrier = envelope.trace or {k: v for k, v in delivery.attributes.items()
                                      if k in ("traceparent", "tracestate")}
         with span_from(carrier, f"consume {envelope.type}", trace.SpanKind.CONSUMER):
-            try:
-                async with self._db.transaction() as session:
-                    try:
-                        await session.execute(insert(self._inbox).values(
-                            consumer=self.name, event_id=envelope.id, event_type=envelope.type,
-                            processed_at=utcnow()))
-                    except IntegrityError as exc:
-                        raise _Duplicate from exc
-                    await handler(session, envelope)
-            except _Duplicate:
+            if not await apply_event(self._db, self._inbox, self.name, handler, envelope):
                 return "duplicate"
         CONSUMER_LAG.labels(self.service, self.name).observe(
             max(0.0, (utcnow() - envelope.occurred_at).total_seconds()))

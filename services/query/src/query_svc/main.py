@@ -28,6 +28,7 @@ def build_app(settings: QuerySettings | None = None) -> FastAPI:
         await engine.start()
         stack.push_async_callback(engine.close)
         app.state.search = projector.search = engine
+        projector.db = app.state.db
         app.state.tasks["timeline-trim"] = asyncio.create_task(keep_bounded(
             app.state.db, projector, settings.timeline_max, settings.timeline_trim_interval_s))
         if settings.archive_queues:

@@ -11,18 +11,16 @@ import asyncio
 import sys
 
 import aioboto3
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import func, select
 
-from chassis.db import Database, ensure_database, utcnow
-from chassis.events import Envelope
+from chassis.consumer import apply_event
+from chassis.db import Database, ensure_database
 
 from .archive import read_archive
 from .models import metadata, posts, users
-from .projections import Handler, Projector
+from .projections import Projector
 from .search.factory import engine_from_url
 from .settings import QuerySettings
-
-BATCH = 200
 
 
 async def replay(settings: QuerySettings) -> int:
@@ -42,39 +40,20 @@ async def replay(settings: QuerySettings) -> int:
         await engine.start()
         await engine.reset()
         projector = Projector(fanout_threshold=settings.fanout_threshold,
-                              follow_backfill=settings.follow_backfill, search=engine)
-        queues = {event_type: queue for queue, handlers in projector.handlers().items()
-                  for event_type in handlers}
-        handlers = projector.all_handlers()
+                              follow_backfill=settings.follow_backfill, search=engine, db=db)
         inbox = metadata.tables["inbox"]
+        consumers = projector.handlers()
         applied = 0
-        batch = []
-        s3_client = aioboto3.Session().client("s3", **settings.aws_client_kwargs())
-        async with s3_client as s3:
+        async with aioboto3.Session().client("s3", **settings.aws_client_kwargs()) as s3:
             async for event in read_archive(s3, settings.archive_bucket):
-                if event.type in handlers:
-                    batch.append(event)
-                if len(batch) >= BATCH:
-                    applied += await _apply(db, inbox, handlers, queues, batch)
-                    batch = []
-            applied += await _apply(db, inbox, handlers, queues, batch)
+                for queue, handlers in consumers.items():
+                    if event.type in handlers:
+                        applied += await apply_event(db, inbox, queue, handlers[event.type],
+                                                     event)
         return applied
     finally:
         await engine.close()
         await db.dispose()
-
-
-async def _apply(db: Database, inbox: Table, handlers: dict[str, Handler],
-                 queues: dict[str, str], events: list[Envelope]) -> int:
-    if not events:
-        return 0
-    async with db.transaction() as session:
-        for event in events:
-            await session.execute(insert(inbox).values(
-                consumer=queues[event.type], event_id=event.id, event_type=event.type,
-                processed_at=utcnow()))
-            await handlers[event.type](session, event)
-    return len(events)
 
 
 def main(argv: list[str] | None = None) -> None:

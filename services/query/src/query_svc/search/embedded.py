@@ -3,20 +3,12 @@
 sqlite3 blocks, so every statement runs on a worker thread: writes on the one writer
 thread (one connection, WAL), reads on a small pool of reader threads that each own a
 read-only connection; WAL lets those read while the writer writes. sqlite3 releases the
-GIL while SQLite works, so two readers use two cores.
-
-Ranking every match of a common word costs ~1 µs per match (BM25 and the join that
-filters), too slow when a word is in a quarter of 100,000 posts. Row keys follow creation
-time (`fts.post_key`), so FTS5 hands matches over newest first; the recency factor then
-bounds what any older match can still score — BM25 of a phrase is below idf * (k1 + 1) —
-and the walk stops once the page cannot change. The result is the exact top of the full
-ranking, found after reading only the newest few days of matches.
+GIL while SQLite works, so two readers use two cores. How a page of posts is ranked
+without scoring every match is in `walk`.
 """
 
 import asyncio
-import heapq
 import json
-import math
 import sqlite3
 import threading
 import time
@@ -31,9 +23,10 @@ from chassis.text import normalize_tag
 from . import Hits, PostDoc, UserDoc, Viewer
 from . import cursor as cursors
 from .analysis import index_tokens
-from .fts import DROP, KEY_BITS, SCHEMA, PostPlan, micros, post_key, post_plan, user_select
+from .fts import DROP, KEY_BITS, SCHEMA, micros, post_key, post_plan, user_select
 from .query import parse_post_query, parse_user_query
-from .ranking import RECENCY_HALF_LIFE, RECENCY_MAX_HALVINGS
+from .ranking import RECENCY_HALF_LIFE
+from .walk import HitCounts, top_posts
 
 T = TypeVar("T")
 
@@ -88,6 +81,7 @@ class EmbeddedSearch:
         self._path = path
         self._readers_count = readers
         self._half_life_us = half_life / timedelta(microseconds=1)
+        self._hit_counts = HitCounts()
         self._writer: _Workers | None = None
         self._readers: _Workers | None = None
 
@@ -154,7 +148,8 @@ class EmbeddedSearch:
         plan = post_plan(query, viewer, anchor_us=anchor, limit=limit + 1,
                          half_life_us=self._half_life_us,
                          after=position.key if position else None)
-        rows = await self._read(_top_posts, plan, limit + 1, anchor, self._half_life_us)
+        rows = await self._read(top_posts, plan, limit + 1, anchor, self._half_life_us,
+                                self._hit_counts)
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
@@ -185,70 +180,16 @@ def _fetch(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> list[t
     return conn.execute(sql, params).fetchall()
 
 
-K1 = 1.2  # FTS5's bm25() constant
-BATCH = 256  # rows fetched from the walk's statement at a time
-
-
-def _top_posts(conn: sqlite3.Connection, plan: PostPlan, count: int, anchor_us: int,
-               half_life_us: float) -> list[tuple[str, float, int]]:
-    """The best `count` (post_id, score, created_us) rows of the plan, best first."""
-    if not plan.streamed:
-        return conn.execute(plan.sql, plan.params).fetchall()
-    conn.execute("BEGIN")  # one snapshot for the walk and for the counts behind its bound
-    rows = conn.execute(plan.sql, plan.params)
-    try:
-        best = _walk(conn, rows, plan.phrases, count, anchor_us, half_life_us)
-    finally:
-        rows.close()
-        conn.execute("COMMIT")
-    return [(post_id, score, created) for score, created, post_id in sorted(best, reverse=True)]
-
-
-def _walk(conn: sqlite3.Connection, rows: sqlite3.Cursor, phrases: tuple[str, ...], count: int,
-          anchor_us: int, half_life_us: float) -> list[tuple[float, int, str]]:
-    """Keep the best `count` of the rows, newest key first, until no later row can enter."""
-    best: list[tuple[float, int, str]] = []  # a min-heap of (score, created_us, post_id)
-    ceiling: float | None = None  # the most relevance any match can have
-    while batch := rows.fetchmany(BATCH):
-        for post_id, score, created_us, row_key in batch:
-            item = (score, created_us, post_id)
-            if len(best) < count:
-                heapq.heappush(best, item)
-                continue
-            if item > best[0]:
-                heapq.heapreplace(best, item)
-            if ceiling is None:
-                ceiling = _relevance_ceiling(conn, phrases)
-            # Every row still to come was created before `edge`: keys follow creation time.
-            edge = ((row_key >> KEY_BITS) + 1) * 1000
-            reach = ceiling * 0.5 ** min(RECENCY_MAX_HALVINGS,
-                                         max(0, anchor_us - edge) / half_life_us)
-            low_score, low_created, _ = best[0]
-            if low_score > reach or (low_score >= reach and low_created >= edge):
-                return best
-    return best
-
-
-def _relevance_ceiling(conn: sqlite3.Connection, phrases: tuple[str, ...]) -> float:
-    """An upper bound of `-bm25()` for this query: each phrase adds at most idf * (k1 + 1),
-    with FTS5's idf = log((N - n + 0.5) / (n + 0.5)), at least 1e-6 (a margin covers
-    rounding)."""
-    total = conn.execute("SELECT value FROM counts WHERE name = 'live_posts'").fetchone()[0]
-    ceiling = 0.0
-    for phrase in phrases:
-        hits = conn.execute("SELECT count(*) FROM post_text WHERE post_text MATCH ?",
-                            (phrase,)).fetchone()[0]
-        ceiling += max(1e-6, math.log((total - hits + 0.5) / (hits + 0.5))) * (K1 + 1)
-    return ceiling * (1 + 1e-9)
-
-
 def _stored(conn: sqlite3.Connection, table: str, key: str, value: str) -> tuple[int, int] | None:
     """(row id, version) of a stored document."""
     return conn.execute(f"SELECT id, version FROM {table} WHERE {key} = ?", (value,)).fetchone()
 
 
 def _count_live(conn: sqlite3.Connection, change: int) -> None:
+    """Keep the totals the ranking walk's bound relies on (see `walk`)."""
     conn.execute("UPDATE counts SET value = value + ? WHERE name = 'live_posts'", (change,))
+    conn.execute("UPDATE counts SET value = value + 1 WHERE name = ?",
+                 ("inserted" if change > 0 else "deleted",))
 
 
 def _free_key(conn: sqlite3.Connection, created_us: int) -> int:

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS users (
     followers_count INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counts (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO counts VALUES ('live_posts', 0);
+INSERT OR IGNORE INTO counts VALUES ('live_posts', 0), ('inserted', 0), ('deleted', 0),
+    ('epoch', abs(random()));                 -- a new index, so counts cached before are void
 CREATE VIRTUAL TABLE IF NOT EXISTS user_text
     USING fts5(username, display_name, bio, tokenize = "ascii tokenchars '_'");
 """
@@ -143,6 +144,7 @@ def post_plan(query: PostQuery, viewer: Viewer, *, anchor_us: int, half_life_us:
     if query.since:
         where.append("p.created_us >= :since")
         params["since"] = micros(query.since)
+        params["since_key"] = post_key(params["since"])  # ends the walk at `since:`
     if query.before:
         where.append("p.created_us < :before")
         params["before"] = micros(query.before)
@@ -166,13 +168,14 @@ def post_plan(query: PostQuery, viewer: Viewer, *, anchor_us: int, half_life_us:
     params.update(match=match, anchor=anchor_us, half_life=half_life_us,
                   max_halvings=RECENCY_MAX_HALVINGS)
     keyset = "WHERE score < :s OR (score = :s AND (created_us, post_id) < (:c, :id))"
+    since_key = "AND post_text.rowid >= :since_key" if query.since else ""
     return PostPlan(f"""
         SELECT post_id, score, created_us, row_key FROM (
             SELECT p.post_id AS post_id, p.created_us AS created_us, post_text.rowid AS row_key,
                    -bm25(post_text, 1.0, 0.0, 0.0) * pow(0.5, min(:max_halvings,
                        max(0, :anchor - p.created_us) / :half_life)) AS score
             FROM post_text JOIN posts p ON p.id = post_text.rowid
-            WHERE post_text MATCH :match AND {filters})
+            WHERE post_text MATCH :match {since_key} AND {filters})
         {keyset if after is not None else ""}
         ORDER BY row_key DESC""", params, streamed=True,
         phrases=tuple(f"body : {p}" for m in query.required for p in _phrases(m)))

@@ -5,12 +5,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel
-from sqlalchemy import select, union
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.auth import CurrentUser
 from chassis.db import DatabaseDep
-from chassis.pagination import Cursor, Limit, Page, decode_cursor
+from chassis.pagination import Cursor, Limit, Page
 from chassis.problems import Problem, invalid, not_found
 from chassis.text import normalize_tag
 
@@ -19,6 +19,7 @@ from .search import SearchEngine
 from .views import (
     PostView,
     UserView,
+    merged_page,
     page_of_posts,
     post_views,
     search_viewer,
@@ -86,22 +87,18 @@ async def home(user: CurrentUser, db: DatabaseDep, limit: Limit = 20,
     with very many followers were not, and are merged in here from the follow list, as are
     direct posts that mention the caller.
     """
-    position = decode_cursor(cursor, "id")
-    fanned = select(timeline.c.post_id.label("id")).where(timeline.c.user_id == user.id)
-    popular = (select(posts.c.id).join(edges, edges.c.target == posts.c.author_id)
-               .where(edges.c.kind == "follow", edges.c.source == user.id, edges.c.active,
-                      posts.c.fanned_out.is_(False)))
-    direct = (select(posts.c.id).join(post_mentions, post_mentions.c.post_id == posts.c.id)
-              .where(post_mentions.c.username == user.username.lower(),
-                     posts.c.visibility == "direct"))
-    if position is not None:
-        fanned = fanned.where(timeline.c.post_id < position["id"])
-        popular = popular.where(posts.c.id < position["id"])
-        direct = direct.where(posts.c.id < position["id"])
-    ids = union(fanned, popular, direct).subquery()
-    query = post_views(user).join(ids, ids.c.id == posts.c.id).where(visible(user))
+    sources = [
+        (post_views(user).join(timeline, timeline.c.post_id == posts.c.id)
+         .where(timeline.c.user_id == user.id, visible(user)), timeline.c.post_id),
+        (post_views(user).join(edges, edges.c.target == posts.c.author_id)
+         .where(edges.c.kind == "follow", edges.c.source == user.id, edges.c.active,
+                posts.c.fanned_out.is_(False), visible(user)), posts.c.id),
+        (post_views(user).join(post_mentions, post_mentions.c.post_id == posts.c.id)
+         .where(post_mentions.c.username == user.username.lower(),
+                posts.c.visibility == "direct", visible(user)), post_mentions.c.post_id),
+    ]
     async with db.sessions() as session:
-        return await page_of_posts(session, query, limit=limit, cursor=cursor)
+        return await merged_page(session, sources, limit=limit, cursor=cursor)
 
 
 @timelines.get("/users/{user_id}")

@@ -60,21 +60,24 @@ class UserView(BaseModel):
 
 
 def edge(kind: str, source: Any, target: Any) -> ColumnElement[bool]:
-    """SQL: the active `kind` edge source → target exists."""
-    return exists().where(edges.c.kind == kind, edges.c.source == source,
-                          edges.c.target == target, edges.c.active)
+    """SQL: the active `kind` edge source → target exists (an alias, so that it never
+    correlates with an `edges` the outer query joins)."""
+    edge = edges.alias(f"{kind}_edge")
+    return exists().where(edge.c.kind == kind, edge.c.source == source,
+                          edge.c.target == target, edge.c.active)
 
 
 def visible(viewer: User, *, hide_muted: bool = True) -> ColumnElement[bool]:
     """SQL: the post is live and `viewer` may see it (visibility, blocks, and mutes)."""
     author = posts.c.author_id
+    mentioned = post_mentions.alias("mentioned")
     condition = and_(
         posts.c.deleted.is_(False),
         or_(posts.c.visibility == "public", author == viewer.id,
             and_(posts.c.visibility == "followers", edge("follow", viewer.id, author)),
             and_(posts.c.visibility == "direct", exists().where(
-                post_mentions.c.post_id == posts.c.id,
-                post_mentions.c.username == viewer.username.lower()))),
+                mentioned.c.post_id == posts.c.id,
+                mentioned.c.username == viewer.username.lower()))),
         ~edge("block", viewer.id, author), ~edge("block", author, viewer.id))
     return and_(condition, ~edge("mute", viewer.id, author)) if hide_muted else condition
 
@@ -107,17 +110,32 @@ def to_view(row: Any) -> PostView:
 
 
 async def page_of_posts(session: AsyncSession, query: Select[Any], *, limit: int,
-                        cursor: str | None, oldest_first: bool = False) -> Page[PostView]:
+                        cursor: str | None, oldest_first: bool = False,
+                        key: Any = posts.c.id) -> Page[PostView]:
     """Run a post-view query newest (or oldest) first from the cursor; fetch one extra row
-    to know whether another page exists."""
+    to know whether another page exists. `key` is the post id column to order by (one an
+    index walks in order, so the database stops after the page)."""
+    return await merged_page(session, [(query, key)], limit=limit, cursor=cursor,
+                             oldest_first=oldest_first)
+
+
+async def merged_page(session: AsyncSession, sources: list[tuple[Select[Any], Any]], *,
+                      limit: int, cursor: str | None,
+                      oldest_first: bool = False) -> Page[PostView]:
+    """One page merged from several post-view queries, each (query, its post id column)
+    read in order from the cursor and stopped after the page; a post found by two sources
+    appears once."""
     position = decode_cursor(cursor, "id")
-    if position is not None:
-        query = query.where(posts.c.id > position["id"] if oldest_first
-                            else posts.c.id < position["id"])
-    order = posts.c.id.asc() if oldest_first else posts.c.id.desc()
-    rows = (await session.execute(query.order_by(order).limit(limit + 1))).all()
-    items = [to_view(row) for row in rows[:limit]]
-    more = len(rows) > limit
+    rows: dict[str, Any] = {}
+    for query, key in sources:
+        if position is not None:
+            query = query.where(key > position["id"] if oldest_first else key < position["id"])
+        query = query.order_by(key.asc() if oldest_first else key.desc()).limit(limit + 1)
+        for row in (await session.execute(query)).all():
+            rows.setdefault(row.id, row)
+    ordered = sorted(rows, reverse=not oldest_first)
+    items = [to_view(rows[post_id]) for post_id in ordered[:limit]]
+    more = len(ordered) > limit
     return Page(items=items, next_cursor=encode_cursor({"id": items[-1].id}) if more else None)
 
 

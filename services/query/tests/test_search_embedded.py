@@ -43,16 +43,22 @@ async def corpus(tmp_path) -> EmbeddedSearch:
 @pytest.mark.parametrize("q", ["ramen", "ラーメン", "美味しい", "ramen tea", "#tag", "雨",
                                "from:user3", "cake -tea", "has:media", "tea since:2020-01-01"])
 async def test_pages_of_the_stopping_walk_equal_the_full_ranking(corpus, q, monkeypatch):
-    stopped_early = []
-    walk = walking.walk
+    oldest = await corpus._read(lambda c: c.execute(
+        "SELECT min(id) FROM posts WHERE id >= 0").fetchone()[0])
+    lows, stopped_early = [], []
+    scan, walk = walking.scan_window, walking._walk
 
-    def watched(rows, *args):
-        best = walk(rows, *args)
-        stopped_early.append(rows.fetchone() is not None)
+    def watched_scan(conn, plan, low, high, count):
+        lows.append(low)
+        return scan(conn, plan, low, high, count)
+
+    def watched_walk(*args):
+        best = walk(*args)
+        stopped_early.append(lows[-1] > oldest)  # its last window did not reach the oldest
         return best
 
-    monkeypatch.setattr(walking, "walk", watched)
-    monkeypatch.setattr(walking, "BATCH", 1)  # so that unread rows stay in the statement
+    monkeypatch.setattr(walking, "scan_window", watched_scan)
+    monkeypatch.setattr(walking, "_walk", watched_walk)
     viewer = Viewer("id-9", "nine", following=frozenset({"id-0"}), excluded=frozenset({"id-5"}))
     whole = (await corpus.search_posts(q, viewer, limit=1000, cursor=None)).ids
     paged, cursor = [], None

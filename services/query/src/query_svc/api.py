@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.auth import CurrentUser
@@ -17,14 +17,17 @@ from chassis.text import normalize_tag
 from .models import edges, post_mentions, post_tags, post_versions, posts, timeline, users
 from .search import SearchEngine
 from .views import (
+    POST_VIEWS,
+    VIEWER,
+    VIEWER_NAME,
+    Listing,
     PostView,
     UserView,
-    merged_page,
     page_of_posts,
-    post_views,
     search_viewer,
     to_view,
     user_view,
+    viewer_params,
     visible,
 )
 
@@ -32,6 +35,27 @@ posts_router = APIRouter(prefix="/api/posts", tags=["posts (read)"])
 timelines = APIRouter(prefix="/api/timelines", tags=["timelines"])
 search_router = APIRouter(prefix="/api/search", tags=["search"])
 PostId = Annotated[str, Path(max_length=64)]
+
+ONE_POST = POST_VIEWS.where(posts.c.id == bindparam("post"), visible(hide_muted=False))
+REPLIES = [Listing.of(POST_VIEWS.where(posts.c.reply_to == bindparam("post"), visible()),
+                      oldest_first=True)]
+HOME = [
+    Listing.of(POST_VIEWS.join(timeline, timeline.c.post_id == posts.c.id)
+               .where(timeline.c.user_id == VIEWER, visible()), timeline.c.post_id),
+    Listing.of(POST_VIEWS.join(edges, edges.c.target == posts.c.author_id)
+               .where(edges.c.kind == "follow", edges.c.source == VIEWER, edges.c.active,
+                      posts.c.fanned_out.is_(False), visible())),
+    Listing.of(POST_VIEWS.join(post_mentions, post_mentions.c.post_id == posts.c.id)
+               .where(post_mentions.c.username == VIEWER_NAME, posts.c.visibility == "direct",
+                      visible()), post_mentions.c.post_id),
+]
+USER_POSTS = [Listing.of(POST_VIEWS.where(posts.c.author_id == bindparam("author"),
+                                          visible(hide_muted=False)))]
+TAGGED = [Listing.of(POST_VIEWS.join(post_tags, post_tags.c.post_id == posts.c.id)
+                     .where(post_tags.c.tag == bindparam("tag"), visible()),
+                     post_tags.c.post_id)]
+PUBLIC = [Listing.of(POST_VIEWS.where(posts.c.visibility == "public", visible()))]
+FOUND = POST_VIEWS.where(posts.c.id.in_(bindparam("ids", expanding=True)), visible())
 
 
 class Version(BaseModel):
@@ -42,8 +66,7 @@ class Version(BaseModel):
 
 
 async def _visible_post(session: AsyncSession, user: CurrentUser, post_id: str) -> PostView:
-    row = (await session.execute(post_views(user).where(
-        posts.c.id == post_id, visible(user, hide_muted=False)))).first()
+    row = (await session.execute(ONE_POST, {**viewer_params(user), "post": post_id})).first()
     if row is None:
         raise not_found("post")
     return to_view(row)
@@ -73,9 +96,8 @@ async def replies(post_id: PostId, user: CurrentUser, db: DatabaseDep, limit: Li
     """Direct replies to a post, oldest first (a thread reads top-down)."""
     async with db.sessions() as session:
         await _visible_post(session, user, post_id)
-        query = post_views(user).where(posts.c.reply_to == post_id, visible(user))
-        return await page_of_posts(session, query, limit=limit, cursor=cursor,
-                                   oldest_first=True)
+        return await page_of_posts(session, REPLIES, user, limit=limit, cursor=cursor,
+                                   post=post_id)
 
 
 @timelines.get("/home")
@@ -87,18 +109,8 @@ async def home(user: CurrentUser, db: DatabaseDep, limit: Limit = 20,
     with very many followers were not, and are merged in here from the follow list, as are
     direct posts that mention the caller.
     """
-    sources = [
-        (post_views(user).join(timeline, timeline.c.post_id == posts.c.id)
-         .where(timeline.c.user_id == user.id, visible(user)), timeline.c.post_id),
-        (post_views(user).join(edges, edges.c.target == posts.c.author_id)
-         .where(edges.c.kind == "follow", edges.c.source == user.id, edges.c.active,
-                posts.c.fanned_out.is_(False), visible(user)), posts.c.id),
-        (post_views(user).join(post_mentions, post_mentions.c.post_id == posts.c.id)
-         .where(post_mentions.c.username == user.username.lower(),
-                posts.c.visibility == "direct", visible(user)), post_mentions.c.post_id),
-    ]
     async with db.sessions() as session:
-        return await merged_page(session, sources, limit=limit, cursor=cursor)
+        return await page_of_posts(session, HOME, user, limit=limit, cursor=cursor)
 
 
 @timelines.get("/users/{user_id}")
@@ -106,10 +118,9 @@ async def user_timeline(user_id: Annotated[str, Path(max_length=64)], user: Curr
                         db: DatabaseDep, limit: Limit = 20,
                         cursor: Cursor = None) -> Page[PostView]:
     """One user's posts that the caller may see, newest first."""
-    query = post_views(user).where(posts.c.author_id == user_id,
-                                   visible(user, hide_muted=False))
     async with db.sessions() as session:
-        return await page_of_posts(session, query, limit=limit, cursor=cursor)
+        return await page_of_posts(session, USER_POSTS, user, limit=limit, cursor=cursor,
+                                   author=user_id)
 
 
 @timelines.get("/tags/{tag}")
@@ -121,19 +132,16 @@ async def tag_timeline(tag: Annotated[str, Path(max_length=100)], user: CurrentU
     name = normalize_tag(tag)
     if not name:
         raise invalid("tag", "must not be empty")
-    query = (post_views(user).join(post_tags, post_tags.c.post_id == posts.c.id)
-             .where(post_tags.c.tag == name, visible(user)))
     async with db.sessions() as session:
-        return await page_of_posts(session, query, limit=limit, cursor=cursor)
+        return await page_of_posts(session, TAGGED, user, limit=limit, cursor=cursor, tag=name)
 
 
 @timelines.get("/public")
 async def public_timeline(user: CurrentUser, db: DatabaseDep, limit: Limit = 20,
                           cursor: Cursor = None) -> Page[PostView]:
     """Every public post, newest first."""
-    query = post_views(user).where(posts.c.visibility == "public", visible(user))
     async with db.sessions() as session:
-        return await page_of_posts(session, query, limit=limit, cursor=cursor)
+        return await page_of_posts(session, PUBLIC, user, limit=limit, cursor=cursor)
 
 
 async def _search(request: Request) -> SearchEngine:
@@ -163,8 +171,7 @@ async def search(user: CurrentUser, db: DatabaseDep, engine: SearchDep,
             return Page[UserView](items=[by_id[i] for i in hits.ids if i in by_id],
                                   next_cursor=hits.next_cursor)
         hits = await engine.search_posts(q, viewer, limit=limit, cursor=cursor)
-        rows = (await session.execute(post_views(user).where(
-            posts.c.id.in_(hits.ids), visible(user)))).all()
+        rows = (await session.execute(FOUND, {**viewer_params(user), "ids": hits.ids})).all()
     by_id = {row.id: to_view(row) for row in rows}
     return Page[PostView](items=[by_id[i] for i in hits.ids if i in by_id],
                           next_cursor=hits.next_cursor)

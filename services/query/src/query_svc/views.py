@@ -4,11 +4,12 @@ Visibility, blocks and mutes are conditions of the same query that pages the res
 a page is never short because of filtering while more results exist.
 """
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.auth import User
@@ -59,6 +60,13 @@ class UserView(BaseModel):
     created_at: datetime | None
 
 
+# Every read is built once, with the caller and the page as bound parameters: building
+# SQLAlchemy expressions per request cost more CPU than running them.
+VIEWER, VIEWER_NAME, LIMIT = bindparam("viewer"), bindparam("viewer_name"), bindparam("limit")
+BEFORE, AFTER = bindparam("before"), bindparam("after")
+NEWEST, OLDEST = "~", ""  # cursor positions beyond every id (ULIDs are [0-9A-Z])
+
+
 def edge(kind: str, source: Any, target: Any) -> ColumnElement[bool]:
     """SQL: the active `kind` edge source → target exists (an alias, so that it never
     correlates with an `edges` the outer query joins)."""
@@ -67,24 +75,23 @@ def edge(kind: str, source: Any, target: Any) -> ColumnElement[bool]:
                           edge.c.target == target, edge.c.active)
 
 
-def visible(viewer: User, *, hide_muted: bool = True) -> ColumnElement[bool]:
-    """SQL: the post is live and `viewer` may see it (visibility, blocks, and mutes)."""
+def visible(*, hide_muted: bool = True) -> ColumnElement[bool]:
+    """SQL: the post is live and the viewer (`:viewer`, `:viewer_name`) may see it:
+    visibility, blocks either way, and (unless asked not to) the viewer's mutes."""
     author = posts.c.author_id
     mentioned = post_mentions.alias("mentioned")
     condition = and_(
         posts.c.deleted.is_(False),
-        or_(posts.c.visibility == "public", author == viewer.id,
-            and_(posts.c.visibility == "followers", edge("follow", viewer.id, author)),
+        or_(posts.c.visibility == "public", author == VIEWER,
+            and_(posts.c.visibility == "followers", edge("follow", VIEWER, author)),
             and_(posts.c.visibility == "direct", exists().where(
-                mentioned.c.post_id == posts.c.id,
-                mentioned.c.username == viewer.username.lower()))),
-        ~edge("block", viewer.id, author), ~edge("block", author, viewer.id))
-    return and_(condition, ~edge("mute", viewer.id, author)) if hide_muted else condition
+                mentioned.c.post_id == posts.c.id, mentioned.c.username == VIEWER_NAME))),
+        ~edge("block", VIEWER, author), ~edge("block", author, VIEWER))
+    return and_(condition, ~edge("mute", VIEWER, author)) if hide_muted else condition
 
 
-def post_views(viewer: User) -> Select[Any]:
-    """SELECT of post views for `viewer`; callers add conditions, order and limit."""
-    liked = exists().where(likes.c.post_id == posts.c.id, likes.c.user_id == viewer.id,
+def _post_views() -> Select[Any]:
+    liked = exists().where(likes.c.post_id == posts.c.id, likes.c.user_id == VIEWER,
                            likes.c.active)
     return (select(posts, users.c.username.label("u_username"),
                    users.c.display_name.label("u_display_name"),
@@ -94,6 +101,32 @@ def post_views(viewer: User) -> Select[Any]:
                    liked.label("liked_by_me"))
             .select_from(posts.outerjoin(users, users.c.user_id == posts.c.author_id)
                          .outerjoin(post_stats, post_stats.c.post_id == posts.c.id)))
+
+
+POST_VIEWS = _post_views()
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A prebuilt page query: post views in `key` order from a cursor, LIMIT `:limit`."""
+
+    statement: Select[Any]
+    oldest_first: bool = False
+
+    @classmethod
+    def of(cls, query: Select[Any], key: Any = posts.c.id, *,
+           oldest_first: bool = False) -> "Listing":
+        """`key` is the post id column to order by: one an index walks in order, so the
+        database stops after the page."""
+        if oldest_first:
+            query = query.where(key > AFTER).order_by(key.asc())
+        else:
+            query = query.where(key < BEFORE).order_by(key.desc())
+        return cls(query.limit(LIMIT), oldest_first)
+
+
+def viewer_params(viewer: User) -> dict[str, Any]:
+    return {"viewer": viewer.id, "viewer_name": viewer.username.lower()}
 
 
 def to_view(row: Any) -> PostView:
@@ -109,29 +142,19 @@ def to_view(row: Any) -> PostView:
         created_at=row.created_at, edited_at=row.edited_at, version=row.version)
 
 
-async def page_of_posts(session: AsyncSession, query: Select[Any], *, limit: int,
-                        cursor: str | None, oldest_first: bool = False,
-                        key: Any = posts.c.id) -> Page[PostView]:
-    """Run a post-view query newest (or oldest) first from the cursor; fetch one extra row
-    to know whether another page exists. `key` is the post id column to order by (one an
-    index walks in order, so the database stops after the page)."""
-    return await merged_page(session, [(query, key)], limit=limit, cursor=cursor,
-                             oldest_first=oldest_first)
-
-
-async def merged_page(session: AsyncSession, sources: list[tuple[Select[Any], Any]], *,
-                      limit: int, cursor: str | None,
-                      oldest_first: bool = False) -> Page[PostView]:
-    """One page merged from several post-view queries, each (query, its post id column)
-    read in order from the cursor and stopped after the page; a post found by two sources
-    appears once."""
+async def page_of_posts(session: AsyncSession, listings: list[Listing], viewer: User, *,
+                        limit: int, cursor: str | None, **params: Any) -> Page[PostView]:
+    """One page merged from one or more listings, each read from the cursor and stopped
+    after the page; a post found by two listings appears once. One extra row tells whether
+    another page exists."""
     position = decode_cursor(cursor, "id")
+    oldest_first = listings[0].oldest_first
+    start = position["id"] if position else (OLDEST if oldest_first else NEWEST)
+    bound = {**viewer_params(viewer), **params, "limit": limit + 1,
+             "after" if oldest_first else "before": start}
     rows: dict[str, Any] = {}
-    for query, key in sources:
-        if position is not None:
-            query = query.where(key > position["id"] if oldest_first else key < position["id"])
-        query = query.order_by(key.asc() if oldest_first else key.desc()).limit(limit + 1)
-        for row in (await session.execute(query)).all():
+    for listing in listings:
+        for row in (await session.execute(listing.statement, bound)).all():
             rows.setdefault(row.id, row)
     ordered = sorted(rows, reverse=not oldest_first)
     items = [to_view(rows[post_id]) for post_id in ordered[:limit]]

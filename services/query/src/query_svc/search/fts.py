@@ -114,16 +114,18 @@ _VISIBLE = """
 class PostPlan:
     """How to find one page of posts.
 
-    `streamed`: `sql` yields every match, newest row key first, as (post_id, score,
-    created_us, row key), for the caller's top-k loop (see `embedded`); `phrases` are the
-    positive body phrases whose BM25 weights bound the score. Otherwise `sql` is the page
-    itself, (post_id, score, created_us) rows.
+    `windowed`: `sql` ranks the matches whose row keys lie in [:lo, :hi) and returns the best
+    :limit as (post_id, score, created_us), for the walk over time windows in `walk`;
+    `phrases` are the positive body phrases whose BM25 weights bound the score, `match`
+    the FTS5 expression (its count sizes the windows). Otherwise `sql` is the page itself.
     """
 
     sql: str
     params: dict[str, Any]
-    streamed: bool
+    windowed: bool
     phrases: tuple[str, ...] = ()
+    match: str = ""
+    since_key: int | None = None
 
 
 def post_key(created_us: int) -> int:
@@ -144,7 +146,6 @@ def post_plan(query: PostQuery, viewer: Viewer, *, anchor_us: int, half_life_us:
     if query.since:
         where.append("p.created_us >= :since")
         params["since"] = micros(query.since)
-        params["since_key"] = post_key(params["since"])  # ends the walk at `since:`
     if query.before:
         where.append("p.created_us < :before")
         params["before"] = micros(query.before)
@@ -164,21 +165,23 @@ def post_plan(query: PostQuery, viewer: Viewer, *, anchor_us: int, half_life_us:
         return PostPlan(f"""
             SELECT p.post_id, 0.0, p.created_us FROM posts p
             WHERE {filters} {keyset}
-            ORDER BY p.created_us DESC, p.post_id DESC LIMIT :limit""", params, streamed=False)
+            ORDER BY p.created_us DESC, p.post_id DESC LIMIT :limit""", params, windowed=False)
     params.update(match=match, anchor=anchor_us, half_life=half_life_us,
                   max_halvings=RECENCY_MAX_HALVINGS)
     keyset = "WHERE score < :s OR (score = :s AND (created_us, post_id) < (:c, :id))"
-    since_key = "AND post_text.rowid >= :since_key" if query.since else ""
     return PostPlan(f"""
-        SELECT post_id, score, created_us, row_key FROM (
-            SELECT p.post_id AS post_id, p.created_us AS created_us, post_text.rowid AS row_key,
+        SELECT post_id, score, created_us FROM (
+            SELECT p.post_id AS post_id, p.created_us AS created_us,
                    -bm25(post_text, 1.0, 0.0, 0.0) * pow(0.5, min(:max_halvings,
                        max(0, :anchor - p.created_us) / :half_life)) AS score
             FROM post_text JOIN posts p ON p.id = post_text.rowid
-            WHERE post_text MATCH :match {since_key} AND {filters})
+            WHERE post_text MATCH :match AND post_text.rowid >= :lo AND post_text.rowid < :hi
+              AND {filters})
         {keyset if after is not None else ""}
-        ORDER BY row_key DESC""", params, streamed=True,
-        phrases=tuple(f"body : {p}" for m in query.required for p in _phrases(m)))
+        ORDER BY score DESC, created_us DESC, post_id DESC LIMIT :limit""", params,
+        windowed=True, match=match,
+        phrases=tuple(f"body : {p}" for m in query.required for p in _phrases(m)),
+        since_key=post_key(params["since"]) if query.since else None)
 
 
 def user_match(query: UserQuery) -> str:

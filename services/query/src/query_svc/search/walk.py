@@ -1,31 +1,31 @@
 """The embedded engine's ranking walk: the exact top of the ranking without scoring every match.
 
-Scoring a match costs ~1.5 µs (FTS5's bm25() and the join that filters it), too slow when
-a word is in a quarter of 100,000 posts. Row keys follow creation time (`fts.post_key`),
-so FTS5 hands matches over newest first. A phrase adds at most idf * (k1 + 1) to BM25
-(its term-frequency part saturates below k1 + 1), so the recency factor of a row's
-creation time bounds what it and every older row can still score: once the page's last
-row beats that bound, no row still to come can enter the page and the walk stops. Every
-filter is in the statement, so rows that are not for this viewer never reach the walk.
+Scoring a match costs ~2 µs (FTS5's bm25() and the join that filters it), too slow when a
+word is in a large share of 100,000 posts. Row keys follow creation time (`fts.post_key`),
+so the walk ranks the matches of the newest time window first, then of older and wider
+windows. A phrase adds at most idf * (k1 + 1) to BM25 (its term-frequency part saturates
+below k1 + 1), so the recency factor at a window's start bounds what any older match can
+still score: once the page's last row beats that bound, the walk stops. Each window is one
+statement that ranks, filters and limits inside SQLite, so only a page's worth of rows
+crosses into Python and the reader threads seldom wait for the GIL.
 
-The bound needs each phrase's document count, which is as costly to count as FTS5's own
+The bound needs each phrase's document count, which costs as much to count as FTS5's own
 idf. Counts are cached with the index's insert and delete totals at the time: a later
 count can only be lower by the deletes since, and idf only falls as the count rises, so
 the cached count less those deletes still gives a valid bound.
 """
 
-import heapq
 import math
 import sqlite3
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from .fts import KEY_BITS, PostPlan
 from .ranking import RECENCY_MAX_HALVINGS
 
 K1 = 1.2  # FTS5's bm25() constant
-BATCH = 256  # rows fetched from the walk's statement at a time
+LOWEST, HIGHEST = -(2**63), 2**63 - 1  # row key bounds of an open-ended window
+GROWTH = 4  # until a page is full, each window spans 4 times all newer windows together
 
 
 @dataclass(frozen=True)
@@ -37,83 +37,103 @@ class _Count:
 
 
 class HitCounts:
-    """Documents matching each phrase, as of some earlier moment (shared by reader threads)."""
+    """Documents matching each FTS5 expression, as of some earlier moment (shared by the
+    reader threads)."""
 
     def __init__(self, size: int = 4096) -> None:
         self._counts: dict[str, _Count] = {}
         self._size = size
         self._lock = threading.Lock()
 
-    def fewest(self, conn: sqlite3.Connection, phrase: str, totals: dict[str, int]) -> int:
-        """A number of documents that is at most how many match `phrase` now."""
+    def fewest(self, conn: sqlite3.Connection, match: str, totals: dict[str, int]) -> int:
+        """A number of documents that is at most how many match `match` now."""
         with self._lock:
-            known = self._counts.get(phrase)
+            known = self._counts.get(match)
         if known and known.epoch == totals["epoch"]:
             deleted = totals["deleted"] - known.deleted
             changed = deleted + totals["inserted"] - known.inserted
             if changed <= max(50, known.hits // 10):
                 return max(0, known.hits - deleted)
         hits = conn.execute("SELECT count(*) FROM post_text WHERE post_text MATCH ?",
-                            (phrase,)).fetchone()[0]
+                            (match,)).fetchone()[0]
         with self._lock:
             if len(self._counts) >= self._size:
                 self._counts.clear()
-            self._counts[phrase] = _Count(totals["epoch"], hits, totals["inserted"],
-                                          totals["deleted"])
+            self._counts[match] = _Count(totals["epoch"], hits, totals["inserted"],
+                                         totals["deleted"])
         return hits
 
 
 def top_posts(conn: sqlite3.Connection, plan: PostPlan, count: int, anchor_us: int,
               half_life_us: float, hit_counts: HitCounts) -> list[tuple[str, float, int]]:
     """The best `count` (post_id, score, created_us) rows of the plan, best first."""
-    if not plan.streamed:
+    if not plan.windowed:
         return conn.execute(plan.sql, plan.params).fetchall()
-    conn.execute("BEGIN")  # one snapshot for the walk and for the counts behind its bound
-    rows = conn.execute(plan.sql, plan.params)
+    conn.execute("BEGIN")  # one snapshot for every window and for the counts behind the bound
     try:
-        best = walk(rows, lambda: relevance_ceiling(conn, plan.phrases, hit_counts), count,
-                    anchor_us, half_life_us)
+        return _walk(conn, plan, count, anchor_us, half_life_us, hit_counts)
     finally:
-        rows.close()
         conn.execute("COMMIT")
-    return [(post_id, score, created) for score, created, post_id in sorted(best, reverse=True)]
 
 
-def walk(rows: sqlite3.Cursor, ceiling_of: Callable[[], float], count: int, anchor_us: int,
-         half_life_us: float) -> list[tuple[float, int, str]]:
-    """Keep the best `count` rows, newest key first, until no later row can enter.
-
-    `ceiling_of()` gives the most relevance any match can have; it is only asked once the
-    page is full (a search with fewer matches never needs it).
-    """
-    best: list[tuple[float, int, str]] = []  # a min-heap of (score, created_us, post_id)
+def _walk(conn: sqlite3.Connection, plan: PostPlan, count: int, anchor_us: int,
+          half_life_us: float, hit_counts: HitCounts) -> list[tuple[str, float, int]]:
+    totals = dict(conn.execute("SELECT name, value FROM counts").fetchall())
+    oldest = conn.execute("SELECT min(id) FROM posts WHERE id >= 0").fetchone()[0]
+    newest = conn.execute("SELECT max(id) FROM posts").fetchone()[0]
+    if oldest is None:
+        return []
+    floor = max(oldest, plan.since_key or oldest)  # no match of this plan has a lower key
+    top_us = ((newest >> KEY_BITS) + 1) * 1000
+    # The first window is expected to hold a few pages of matches.
+    matches = max(1, hit_counts.fewest(conn, plan.match, totals))
+    start_us = top_us - (top_us - (floor >> KEY_BITS) * 1000) * min(1.0, 4 * count / matches)
+    best: list[tuple[str, float, int]] = []
     ceiling: float | None = None
-    while batch := rows.fetchmany(BATCH):
-        for post_id, score, created_us, row_key in batch:
-            item = (score, created_us, post_id)
-            if len(best) < count:
-                heapq.heappush(best, item)
-                continue
-            if item > best[0]:
-                heapq.heapreplace(best, item)
-            if ceiling is None:
-                ceiling = ceiling_of()
-            # Every row still to come was created before `edge`: keys follow creation time.
-            edge = ((row_key >> KEY_BITS) + 1) * 1000
-            reach = ceiling * 0.5 ** min(RECENCY_MAX_HALVINGS,
-                                         max(0, anchor_us - edge) / half_life_us)
-            low_score, low_created, _ = best[0]
-            if low_score > reach or (low_score >= reach and low_created >= edge):
-                return best
-    return best
+    high = HIGHEST
+    while True:
+        low = (int(start_us) // 1000) << KEY_BITS
+        last = low <= floor
+        if last:
+            low = plan.since_key if plan.since_key is not None else LOWEST
+        best = sorted(best + scan_window(conn, plan, low, high, count),
+                      key=lambda row: (row[1], row[2], row[0]), reverse=True)[:count]
+        if last:
+            return best
+        if len(best) < count:  # not a page yet: a window as long as all before, and more
+            start_us = top_us - (top_us - start_us) * (GROWTH + 1)
+            high = low
+            continue
+        if ceiling is None:
+            ceiling = relevance_ceiling(conn, plan.phrases, hit_counts, totals)
+        # Every match still unseen has a key below `low`, so was created before `edge`.
+        edge = (low >> KEY_BITS) * 1000
+        bound = ceiling * 0.5 ** min(RECENCY_MAX_HALVINGS,
+                                     max(0, anchor_us - edge) / half_life_us)
+        _, score, created = best[-1]
+        if score > bound or (score >= bound and created >= edge):
+            return best
+        # The next window reaches back to where the bound falls to this page's last score.
+        halvings = math.log2(ceiling / score) if score > 0 else math.inf
+        if halvings >= RECENCY_MAX_HALVINGS:
+            start_us = -math.inf  # the bound never falls that far: rank everything left
+        else:
+            start_us = min(edge - 1000, anchor_us - halvings * half_life_us - 1000)
+        high = low
+
+
+def scan_window(conn: sqlite3.Connection, plan: PostPlan, low: int, high: int,
+                count: int) -> list[tuple[str, float, int]]:
+    """The best `count` matches whose row keys lie in [low, high)."""
+    params = plan.params | {"lo": low, "hi": high, "limit": count}
+    return conn.execute(plan.sql, params).fetchall()
 
 
 def relevance_ceiling(conn: sqlite3.Connection, phrases: tuple[str, ...],
-                      hit_counts: HitCounts) -> float:
+                      hit_counts: HitCounts, totals: dict[str, int]) -> float:
     """An upper bound of `-bm25()` for this query: each phrase adds at most idf * (k1 + 1),
     FTS5's idf being log((N - n + 0.5) / (n + 0.5)), at least 1e-6 (a margin covers
     rounding). Fewer documents n can only raise it, so a lower count is safe."""
-    totals = dict(conn.execute("SELECT name, value FROM counts").fetchall())
     ceiling = 0.0
     for phrase in phrases:
         hits = hit_counts.fewest(conn, phrase, totals)

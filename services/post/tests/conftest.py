@@ -17,7 +17,7 @@ from jose import jwt
 from sqlalchemy import select
 
 from chassis.events import Envelope
-from chassis.testing import aws_client, serve_in_process
+from chassis.testing import aws_client, serve_in_process, wait_until
 from post_svc.main import GRAPH_QUEUE, build_app
 from post_svc.models import Base
 from post_svc.settings import PostSettings
@@ -120,9 +120,17 @@ def app(settings):
 
 
 @pytest.fixture
-async def client(app):
+async def client(app, rows):
     async with serve_in_process(app) as http:
         yield http
+        # Stop only once the relay has published what the test wrote. On Python 3.11 the
+        # relay's idle `asyncio.wait_for` swallows a cancellation that arrives just as a
+        # commit wakes it, and the app's shutdown then waits for the relay forever.
+        await wait_until(lambda: _all_published(rows), "the relay published every event")
+
+
+async def _all_published(rows) -> bool:
+    return all(row["published_at"] is not None for row in await rows("outbox"))
 
 
 @pytest.fixture

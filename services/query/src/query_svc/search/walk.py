@@ -25,6 +25,8 @@ from .ranking import RECENCY_MAX_HALVINGS
 
 K1 = 1.2  # FTS5's bm25() constant
 LOWEST, HIGHEST = -(2**63), 2**63 - 1  # row key bounds of an open-ended window
+RARE = 2000  # phrases in at most this many documents are looked up before the bound counts them
+FIRST_REACH = 1.25  # half-lives the first window adds for a search with words
 GROWTH = 4  # until a page is full, each window spans 4 times all newer windows together
 
 
@@ -45,15 +47,16 @@ class HitCounts:
         self._size = size
         self._lock = threading.Lock()
 
-    def fewest(self, conn: sqlite3.Connection, match: str, totals: dict[str, int]) -> int:
-        """A number of documents that is at most how many match `match` now."""
+    def bounds(self, conn: sqlite3.Connection, match: str,
+               totals: dict[str, int]) -> tuple[int, int]:
+        """(at most, at least) how many documents match `match` now."""
         with self._lock:
             known = self._counts.get(match)
         if known and known.epoch == totals["epoch"]:
             deleted = totals["deleted"] - known.deleted
-            changed = deleted + totals["inserted"] - known.inserted
-            if changed <= max(50, known.hits // 10):
-                return max(0, known.hits - deleted)
+            inserted = totals["inserted"] - known.inserted
+            if deleted + inserted <= max(50, known.hits // 10):
+                return max(0, known.hits - deleted), known.hits + inserted
         hits = conn.execute("SELECT count(*) FROM post_text WHERE post_text MATCH ?",
                             (match,)).fetchone()[0]
         with self._lock:
@@ -61,7 +64,7 @@ class HitCounts:
                 self._counts.clear()
             self._counts[match] = _Count(totals["epoch"], hits, totals["inserted"],
                                          totals["deleted"])
-        return hits
+        return hits, hits
 
 
 def top_posts(conn: sqlite3.Connection, plan: PostPlan, count: int, anchor_us: int,
@@ -85,11 +88,15 @@ def _walk(conn: sqlite3.Connection, plan: PostPlan, count: int, anchor_us: int,
         return []
     floor = max(oldest, plan.since_key or oldest)  # no match of this plan has a lower key
     top_us = ((newest >> KEY_BITS) + 1) * 1000
-    # The first window is expected to hold a few pages of matches.
-    matches = max(1, hit_counts.fewest(conn, plan.match, totals))
+    # The first window is expected to hold a few pages of matches and, when words rank
+    # them, to reach where the bound usually lets the walk stop: the best of many matches
+    # score about half the ceiling, which the recency factor takes a half-life or so to
+    # close. Each statement pays FTS5's own idf count, so one window is cheaper than two.
+    matches = max(1, hit_counts.bounds(conn, plan.match, totals)[0])
     start_us = top_us - (top_us - (floor >> KEY_BITS) * 1000) * min(1.0, 4 * count / matches)
+    if plan.phrases:
+        start_us -= FIRST_REACH * half_life_us
     best: list[tuple[str, float, int]] = []
-    ceiling: float | None = None
     high = HIGHEST
     while True:
         low = (int(start_us) // 1000) << KEY_BITS
@@ -104,8 +111,7 @@ def _walk(conn: sqlite3.Connection, plan: PostPlan, count: int, anchor_us: int,
             start_us = top_us - (top_us - start_us) * (GROWTH + 1)
             high = low
             continue
-        if ceiling is None:
-            ceiling = relevance_ceiling(conn, plan.phrases, hit_counts, totals)
+        ceiling = relevance_ceiling(conn, plan.phrases, hit_counts, totals, low)
         # Every match still unseen has a key below `low`, so was created before `edge`.
         edge = (low >> KEY_BITS) * 1000
         bound = ceiling * 0.5 ** min(RECENCY_MAX_HALVINGS,
@@ -130,12 +136,20 @@ def scan_window(conn: sqlite3.Connection, plan: PostPlan, low: int, high: int,
 
 
 def relevance_ceiling(conn: sqlite3.Connection, phrases: tuple[str, ...],
-                      hit_counts: HitCounts, totals: dict[str, int]) -> float:
-    """An upper bound of `-bm25()` for this query: each phrase adds at most idf * (k1 + 1),
-    FTS5's idf being log((N - n + 0.5) / (n + 0.5)), at least 1e-6 (a margin covers
-    rounding). Fewer documents n can only raise it, so a lower count is safe."""
+                      hit_counts: HitCounts, totals: dict[str, int], below: int) -> float:
+    """An upper bound of `-bm25()` for the matches with row keys below `below`.
+
+    Each phrase adds at most idf * (k1 + 1), FTS5's idf being log((N - n + 0.5) / (n + 0.5)),
+    at least 1e-6; fewer documents n only raise it, so a lower count is safe. A rare phrase
+    (a dictionary form that is seldom written, an unusual word) adds nothing when none of
+    those matches holds it, which a short lookup tells. A margin covers rounding.
+    """
     ceiling = 0.0
     for phrase in phrases:
-        hits = hit_counts.fewest(conn, phrase, totals)
-        ceiling += max(1e-6, math.log((totals["live_posts"] - hits + 0.5) / (hits + 0.5)))
+        fewest, most = hit_counts.bounds(conn, phrase, totals)
+        if most <= RARE and not conn.execute(
+                "SELECT 1 FROM post_text WHERE post_text MATCH ? AND rowid < ? LIMIT 1",
+                (phrase, below)).fetchone():
+            continue
+        ceiling += max(1e-6, math.log((totals["live_posts"] - fewest + 0.5) / (fewest + 0.5)))
     return ceiling * (K1 + 1) * (1 + 1e-9)

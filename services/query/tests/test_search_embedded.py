@@ -91,6 +91,22 @@ async def test_more_posts_in_one_millisecond_than_keys_still_rank_exactly(tmp_pa
     await engine.close()
 
 
+async def test_posts_past_the_recency_floor_rank_by_relevance(tmp_path):
+    engine = EmbeddedSearch(str(tmp_path / "search.db"))
+    await engine.start()
+    long_ago = NOW - timedelta(days=3 * 365)
+    for i in range(40):
+        words = "tea " * (1 + i % 5) + "cake " * (i % 3)
+        await engine.index_post(post(i, words, long_ago - timedelta(days=i), visibility="public",
+                                     hashtags=()))
+    viewer = Viewer("id-x", "x")
+    whole = (await engine.search_posts("tea", viewer, limit=100, cursor=None)).ids
+    first = await engine.search_posts("tea", viewer, limit=5, cursor=None)
+    assert len(whole) == 40 and first.ids == whole[:5]
+    assert whole[0] == "p0009"  # the newest of the densest: five times "tea" and no "cake"
+    await engine.close()
+
+
 def test_parsed_queries_keep_phrases_stems_and_filters():
     query = parse_post_query('美味しい "New  York" -"very hot" #Ramen from:@Ann has:media')
     assert query.required == (Match("美味しい", cjk=True, stem="美味し"),

@@ -17,6 +17,7 @@ hiragana, or the Korean `다`) also matches without that syllable, so the dictio
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 
 from chassis.problems import Problem, invalid
 from chassis.text import normalize_tag
@@ -189,8 +190,10 @@ class _PostParser:
         )
 
 
+@lru_cache(maxsize=4096)
 def parse_post_query(q: str) -> PostQuery:
-    """Parse a post search, or raise a 422 problem naming `q` that says what is wrong."""
+    """Parse a post search, or raise a 422 problem naming `q` that says what is wrong.
+    (Popular searches repeat, and the result is immutable, so parses are kept.)"""
     parser = _PostParser()
     for negated, phrase, word in _LEXEME.findall(_checked(q)):
         if word:
@@ -200,6 +203,7 @@ def parse_post_query(q: str) -> PostQuery:
     return parser.result()
 
 
+@lru_cache(maxsize=1024)
 def parse_user_query(q: str) -> UserQuery:
     """Parse a user search: every word must match the username (as a prefix, `@` optional),
     the display name or the bio."""

@@ -81,9 +81,11 @@ def top_posts(conn: sqlite3.Connection, plan: PostPlan, count: int, anchor_us: i
 
 def _walk(conn: sqlite3.Connection, plan: PostPlan, count: int, anchor_us: int,
           half_life_us: float, hit_counts: HitCounts) -> list[tuple[str, float, int]]:
-    totals = dict(conn.execute("SELECT name, value FROM counts").fetchall())
-    oldest = conn.execute("SELECT min(id) FROM posts WHERE id >= 0").fetchone()[0]
-    newest = conn.execute("SELECT max(id) FROM posts").fetchone()[0]
+    totals = dict(conn.execute("""
+        SELECT name, value FROM counts
+        UNION ALL SELECT 'oldest', min(id) FROM posts WHERE id >= 0
+        UNION ALL SELECT 'newest', max(id) FROM posts""").fetchall())
+    oldest, newest = totals["oldest"], totals["newest"]
     if oldest is None:
         return []
     floor = max(oldest, plan.since_key or oldest)  # no match of this plan has a lower key
@@ -121,8 +123,8 @@ def _walk(conn: sqlite3.Connection, plan: PostPlan, count: int, anchor_us: int,
             return best
         # The next window reaches back to where the bound falls to this page's last score.
         halvings = math.log2(ceiling / score) if score > 0 else math.inf
-        if halvings >= RECENCY_MAX_HALVINGS:
-            start_us = -math.inf  # the bound never falls that far: rank everything left
+        if halvings >= RECENCY_MAX_HALVINGS:  # the bound never falls that far: rank the rest
+            start_us = (floor >> KEY_BITS) * 1000 - 1000
         else:
             start_us = min(edge - 1000, anchor_us - halvings * half_life_us - 1000)
         high = low

@@ -59,6 +59,11 @@ class EventTap:
         return events
 
 
+def by_seq(events: list[dict]) -> list[dict]:
+    """Events about one post in the order of its `seq` (SQS may deliver them in any order)."""
+    return sorted(events, key=lambda e: e["data"]["seq"])
+
+
 @dataclass
 class GraphFeed:
     """The profile topic as the post service's post-graph queue hears it."""

@@ -2,9 +2,7 @@
 
 from chassis.testing import assert_problem
 
-
-def by_seq(events: list[dict]) -> list[dict]:
-    return sorted(events, key=lambda e: e["data"]["seq"])
+from .conftest import by_seq
 
 
 async def test_liking_twice_and_unliking_twice_publish_one_event_each(

@@ -4,9 +4,7 @@ import pytest
 
 from chassis.testing import assert_problem
 
-
-def by_seq(events: list[dict]) -> list[dict]:
-    return sorted(events, key=lambda e: e["data"]["seq"])
+from .conftest import by_seq
 
 
 async def test_a_new_post_is_returned_and_published(client, user, events):

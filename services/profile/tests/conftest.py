@@ -51,11 +51,20 @@ def events_topic(moto_endpoint: str) -> tuple[str, EventTap]:
 
 
 @pytest.fixture
-async def client(database_url, cognito, moto_endpoint, events_topic, redis_url):
+def post_queue(moto_endpoint: str) -> tuple[str, str]:
+    """The service's `profile-post` queue under a prefix of its own: (prefix, queue URL)."""
+    prefix = f"t{uuid.uuid4().hex[:8]}-"
+    sqs = aws_client("sqs", moto_endpoint)
+    return prefix, sqs.create_queue(QueueName=f"{prefix}profile-post")["QueueUrl"]
+
+
+@pytest.fixture
+async def client(database_url, cognito, moto_endpoint, events_topic, redis_url, post_queue):
     settings = ProfileSettings(
         database_url=database_url, aws_endpoint_url=moto_endpoint, aws_access_key_id="testing",
         aws_secret_access_key="testing", events_topic_arn=events_topic[0],
-        outbox_poll_interval_s=0.1, log_json=False, redis_url=redis_url, **cognito.env())
+        outbox_poll_interval_s=0.1, log_json=False, redis_url=redis_url,
+        queue_prefix=post_queue[0], consumer_wait_time_s=1, **cognito.env())
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

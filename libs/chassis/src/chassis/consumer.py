@@ -36,11 +36,13 @@ class Apply:
 
     `before` runs first, outside the transaction, for side effects in other stores that are
     idempotent by version (a search index): if the unit then fails, the redelivery repeats
-    them harmlessly.
+    them harmlessly. `after` runs once the unit committed, for best-effort work such as
+    dropping cached views.
     """
 
     unit: Callable[[Connection, Envelope], None]
     before: Callable[[Envelope], Awaitable[None]] | None = None
+    after: Callable[[Envelope], Awaitable[None]] | None = None
 
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]] | Apply
@@ -71,7 +73,10 @@ async def apply_event(db: Database, inbox: Table, consumer: str, handler: Handle
             handler.unit(conn, envelope)
             return True
 
-        return await db.run(unit)
+        applied = await db.run(unit)
+        if applied and handler.after is not None:
+            await handler.after(envelope)
+        return applied
     try:
         async with db.transaction() as session:
             try:

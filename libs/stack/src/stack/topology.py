@@ -93,6 +93,9 @@ TOPOLOGY = Topology(
             port=8101,
             routes=("/api/auth/", "/api/profiles/"),
             needs_cognito_admin=True,
+            subscriptions=(
+                Subscription("profile-post", "post", ("post.created", "post.deleted")),
+            ),
         ),
         Service(
             name="post",

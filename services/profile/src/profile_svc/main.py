@@ -6,7 +6,7 @@ from chassis.app import ServiceSpec, create_app
 from chassis.cache import ViewCache
 from chassis.ratelimit import RateLimit
 
-from . import accounts, profiles
+from . import accounts, post_counts, profiles
 from .cognito import Accounts
 from .models import Base
 from .settings import ProfileSettings
@@ -21,6 +21,7 @@ async def _connect(app: FastAPI) -> None:
                                   auto_confirm=settings.auto_confirm_signups)
     app.state.profile_cache = ViewCache(app.state.redis, prefix="profile:view:v1:",
                                         ttl_s=settings.profile_cache_ttl_s)
+    app.state.forget_profile.cache = app.state.profile_cache
     app.state.login_limit = RateLimit(app.state.redis, name="login",
                                       limit=settings.login_attempts_per_window,
                                       window_s=settings.login_window_s)
@@ -28,7 +29,10 @@ async def _connect(app: FastAPI) -> None:
 
 def build_app(settings: ProfileSettings | None = None) -> FastAPI:
     """The profile service: accounts, profiles and the social graph."""
-    return create_app(settings or ProfileSettings(), ServiceSpec(
+    forget = post_counts.Forget()
+    app = create_app(settings or ProfileSettings(), ServiceSpec(
         name="profile", metadata=Base.metadata, routers=[accounts.router, profiles.router],
-        on_startup=_connect,
+        consumers={"profile-post": post_counts.handlers(forget)}, on_startup=_connect,
         description="Accounts (a backend for Cognito), profiles, follows, blocks and mutes."))
+    app.state.forget_profile = forget
+    return app

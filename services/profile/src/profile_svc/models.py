@@ -57,3 +57,14 @@ class Mute(_Edge, Base):
 
     muter_id: Mapped[str] = mapped_column(ForeignKey("profiles.user_id"), primary_key=True)
     muted_id: Mapped[str] = mapped_column(ForeignKey("profiles.user_id"), primary_key=True)
+
+
+class CountedPost(Base):
+    """A post the author's `posts_count` has counted (live) or that was deleted first, kept
+    so that duplicated and reordered post events count each post once."""
+
+    __tablename__ = "counted_posts"
+
+    post_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    author_id: Mapped[str] = mapped_column(String(64))
+    live: Mapped[bool]

@@ -1,0 +1,74 @@
+"""`posts_count` on profiles, kept from the post service's `post.created`/`post.deleted`.
+
+Each post moves the count once: created counts it unless its delete came first, deleted
+uncounts it if it was counted. The events' other fields are the post service's business, so
+only the two this needs are read (the catalog contract test covers the rest).
+"""
+
+from pydantic import ConfigDict
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
+
+from chassis.consumer import Apply
+from chassis.events import Envelope, EventData
+
+from .models import CountedPost, Profile
+
+_COUNTED, _PROFILES = CountedPost.__table__, Profile.__table__
+
+
+class PostRef(EventData):
+    model_config = ConfigDict(extra="ignore")
+
+    post_id: str
+    author_id: str
+
+
+def _bump(conn: Connection, user_id: str, delta: int) -> None:
+    conn.execute(update(_PROFILES).where(_PROFILES.c.user_id == user_id)
+                 .values(posts_count=_PROFILES.c.posts_count + delta))
+
+
+def _state(conn: Connection, post_id: str) -> bool | None:
+    return conn.execute(select(_COUNTED.c.live).where(_COUNTED.c.post_id == post_id)).scalar()
+
+
+def created(conn: Connection, envelope: Envelope) -> None:
+    post = PostRef.model_validate(envelope.data)
+    if _state(conn, post.post_id) is None:
+        conn.execute(insert(_COUNTED).values(post_id=post.post_id, author_id=post.author_id,
+                                             live=True))
+        _bump(conn, post.author_id, 1)
+
+
+def deleted(conn: Connection, envelope: Envelope) -> None:
+    post = PostRef.model_validate(envelope.data)
+    live = _state(conn, post.post_id)
+    if live is None:  # the delete overtook the create
+        conn.execute(insert(_COUNTED).values(post_id=post.post_id, author_id=post.author_id,
+                                             live=False))
+    elif live:
+        conn.execute(update(_COUNTED).where(_COUNTED.c.post_id == post.post_id)
+                     .values(live=False))
+        _bump(conn, post.author_id, -1)
+
+
+def handlers(forget: "Forget") -> dict[str, Apply]:
+    """The `profile-post` queue's handlers; `forget` drops the author's cached view."""
+
+    async def after(envelope: Envelope) -> None:
+        await forget(envelope.data["author_id"])
+
+    return {"post.created": Apply(created, after=after),
+            "post.deleted": Apply(deleted, after=after)}
+
+
+class Forget:
+    """Drops cached profile views; the cache exists only once the service started."""
+
+    def __init__(self) -> None:
+        self.cache = None
+
+    async def __call__(self, user_id: str) -> None:
+        if self.cache is not None:
+            await self.cache.forget(user_id)

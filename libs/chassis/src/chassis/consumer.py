@@ -23,6 +23,7 @@ from .tracing import span_from
 log = logging.getLogger("chassis.consumer")
 
 MAX_RECEIVES = 5
+DELETE_LINGER_S = 0.01
 
 
 class _Duplicate(Exception):
@@ -141,6 +142,8 @@ class Consumer:
         self._retry_base = retry_base_s
         self._max_backoff = max_backoff_s
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._to_delete: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self.healthy = True
 
     async def run(self) -> None:
@@ -174,6 +177,7 @@ class Consumer:
         finally:
             if self._in_flight:
                 await asyncio.wait(self._in_flight, timeout=10)
+            await self._flush_deletes()
 
     async def handle(self, message: dict[str, Any]) -> str:
         """Handle one message; returns the outcome (handled, duplicate, ignored, failed)."""
@@ -185,10 +189,10 @@ class Consumer:
                               self.name)
                 outcome = "failed"
                 await self._retry_later(message)
-            else:
-                await self._delete(message)
-            CONSUMED.labels(self.service, self.name, outcome).inc()
-            return outcome
+        if outcome != "failed":
+            await self._delete(message)
+        CONSUMED.labels(self.service, self.name, outcome).inc()
+        return outcome
 
     async def _process(self, message: dict[str, Any]) -> str:
         delivery = unwrap(message)
@@ -210,12 +214,38 @@ class Consumer:
         return "handled"
 
     async def _delete(self, message: dict[str, Any]) -> None:
-        try:
-            await self._sqs.delete_message(QueueUrl=self.queue_url,
-                                           ReceiptHandle=message["ReceiptHandle"])
-        except Exception:
-            log.warning("could not delete handled message %s; when it returns the inbox makes it "
-                        "a no-op", message.get("MessageId"), exc_info=True)
+        """Acknowledge a handled message; returns once it is deleted (or that failed). The
+        deletes of messages handled within a few milliseconds go out as one batch call."""
+        done = asyncio.get_running_loop().create_future()
+        self._to_delete.append((message, done))
+        if len(self._to_delete) >= 10:
+            await self._flush_deletes()
+        elif self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_soon())
+        await done
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(DELETE_LINGER_S)
+        await self._flush_deletes()
+
+    async def _flush_deletes(self) -> None:
+        while self._to_delete:
+            batch, self._to_delete = self._to_delete[:10], self._to_delete[10:]
+            try:
+                response = await self._sqs.delete_message_batch(
+                    QueueUrl=self.queue_url,
+                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                             for i, (m, _) in enumerate(batch)])
+                if response.get("Failed"):
+                    log.warning("%d handled messages not deleted (%s); the inbox makes their "
+                                "redelivery a no-op", len(response["Failed"]),
+                                response["Failed"][0].get("Code"))
+            except Exception:
+                log.warning("could not delete handled messages; when they return the inbox "
+                            "makes them no-ops", exc_info=True)
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
 
     async def _retry_later(self, message: dict[str, Any]) -> None:
         receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))

@@ -133,8 +133,11 @@ class OutboxRelay:
                 backoff = min(backoff * 2, 30.0)
             if published < self._batch:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that lands as the wake-up does, and shutdown then hangs.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+                    async with asyncio.timeout(backoff):
+                        await self._wake.wait()
                 # Let the commits of a burst gather: one SNS call then carries many events,
                 # where waking on each commit would sign and send one request per event.
                 await asyncio.sleep(LINGER_S)

@@ -231,7 +231,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--authors", type=int, default=300)
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--readers", type=int, default=2, help="reader threads")
+    parser.add_argument("--readers", type=int, default=1, help="reader threads")
     parser.add_argument("--hot", action="store_true",
                         help="also a noun in ~25%% of posts, and queries for it")
     asyncio.run(main_async(parser.parse_args()))

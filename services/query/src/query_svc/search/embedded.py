@@ -1,10 +1,13 @@
 """EmbeddedSearch: the search engine in one SQLite file (FTS5), for one node and for tests.
 
 sqlite3 blocks, so every statement runs on a worker thread: writes on the one writer
-thread (one connection, WAL), reads on a small pool of reader threads that each own a
-read-only connection; WAL lets those read while the writer writes. sqlite3 releases the
-GIL while SQLite works, so two readers use two cores. How a page of posts is ranked
-without scoring every match is in `walk`.
+thread (one connection, WAL), reads on reader threads that each own a read-only
+connection; WAL lets them read while the writer writes. One reader is the default: sqlite3
+releases the GIL while SQLite works, so the reader and the event loop already use two
+cores, while a second reader thread mostly waits — on the GIL and on the mutex that
+SQLite's default build takes around every allocation for its memory statistics (on 2 cores,
+32 concurrent searches ran ~1,000/s with p99 ~90 ms on two readers, ~1,500/s with p99
+~30 ms on one). How a page of posts is ranked without scoring every match is in `walk`.
 """
 
 import asyncio
@@ -76,7 +79,7 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 class EmbeddedSearch:
     """SQLite FTS5 behind the `SearchEngine` interface; `path` is a file (or ":memory:")."""
 
-    def __init__(self, path: str, *, readers: int = 2,
+    def __init__(self, path: str, *, readers: int = 1,
                  half_life: timedelta = RECENCY_HALF_LIFE) -> None:
         self._path = path
         self._readers_count = readers

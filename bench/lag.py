@@ -8,27 +8,31 @@ from dataclasses import dataclass
 
 import httpx
 
+TIMEOUT_S = 15.0
+
 
 @dataclass
 class Lags:
+    probes: int
     home_ms: list[float]
     search_ms: list[float]
 
     def lines(self) -> list[str]:
-        return [_line("post -> follower's home timeline", self.home_ms, "p99 <= 300 ms"),
-                _line("post -> searchable", self.search_ms, "p99 <= 500 ms")]
+        return [self._line("post -> follower's home timeline", self.home_ms, "p99 <= 300 ms"),
+                self._line("post -> searchable", self.search_ms, "p99 <= 500 ms")]
 
-
-def _line(name: str, samples: list[float], target: str) -> str:
-    if not samples:
-        return f"{name:<34} no samples"
-    cuts = statistics.quantiles(samples, n=100) if len(samples) > 1 else samples * 99
-    return (f"{name:<34} samples {len(samples):>5}   p50 {cuts[49]:>7.1f} ms   "
-            f"p99 {cuts[98]:>7.1f} ms   ({target})")
+    def _line(self, name: str, samples: list[float], target: str) -> str:
+        missing = self.probes - len(samples)
+        late = f"   {missing} of {self.probes} not seen within {TIMEOUT_S:.0f} s" if missing else ""
+        if not samples:
+            return f"{name:<34} no samples{late}"
+        cuts = statistics.quantiles(samples, n=100) if len(samples) > 1 else samples * 99
+        return (f"{name:<34} samples {len(samples):>5}   p50 {cuts[49]:>7.1f} ms   "
+                f"p99 {cuts[98]:>7.1f} ms   ({target}){late}")
 
 
 async def _wait_for(http: httpx.AsyncClient, path: str, headers: dict[str, str],
-                    post_id: str, started: float, timeout_s: float = 10.0) -> float | None:
+                    post_id: str, started: float, timeout_s: float = TIMEOUT_S) -> float | None:
     while time.perf_counter() - started < timeout_s:
         response = await http.get(path, headers=headers)
         if response.status_code == 200 and any(p["id"] == post_id
@@ -44,7 +48,7 @@ async def measure(base_url: str, author: tuple[str, str], reader: tuple[str, str
     (who follows the author) in the home timeline and in search."""
     as_author = {"Authorization": f"Bearer {author[0]}"}
     as_reader = {"Authorization": f"Bearer {reader[0]}"}
-    lags = Lags([], [])
+    lags = Lags(0, [], [])
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
         follow = await http.put(f"/api/profiles/{author[1]}/follow", headers=as_reader)
         follow.raise_for_status()
@@ -62,6 +66,7 @@ async def measure(base_url: str, author: tuple[str, str], reader: tuple[str, str
                     _wait_for(http, "/api/timelines/home", as_reader, post_id, started),
                     _wait_for(http, f"/api/search?q={token}", as_reader, post_id, started)))
             await asyncio.sleep(0.2)
+        lags.probes = len(probes)
         for home, search in await asyncio.gather(*probes):
             if home is not None:
                 lags.home_ms.append(home)

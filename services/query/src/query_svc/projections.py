@@ -10,7 +10,7 @@ so if the unit then fails, the redelivery's second write changes nothing.
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -46,41 +46,106 @@ TOMBSTONE = {"author_username": "", "text": "", "visibility": "public", "reply_t
              "fanned_out": False}
 
 
-def upsert(conn: Connection, table: Table) -> Any:
-    """INSERT that can say ON CONFLICT, in the connection's dialect."""
-    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+class Statements:
+    """Statements built once per dialect (INSERT ... ON CONFLICT differs between SQLite and
+    PostgreSQL), then run with bound values: building SQLAlchemy expressions per event cost
+    more CPU than running them."""
+
+    def __init__(self) -> None:
+        self._built: dict[tuple[str, str], Any] = {}
+
+    def get(self, conn: Connection, name: str, build: Any) -> Any:
+        key = (conn.dialect.name, name)
+        statement = self._built.get(key)
+        if statement is None:
+            insert_ = postgresql.insert if key[0] == "postgresql" else sqlite.insert
+            statement = self._built[key] = build(insert_)
+        return statement
+
+
+STATEMENTS = Statements()
+KEYS = {"users": ("user_id",), "edges": ("kind", "source", "target"), "posts": ("id",),
+        "likes": ("post_id", "user_id"), "post_stats": ("post_id",)}
+
+
+def _key_where(table: Table) -> Any:
+    return and_(*(table.c[name] == bindparam(f"k_{name}") for name in KEYS[table.name]))
+
+
+def create_missing(conn: Connection, table: Table, values: dict[str, Any]) -> None:
+    """INSERT the row unless its key exists (ON CONFLICT DO NOTHING)."""
+    statement = STATEMENTS.get(conn, f"create:{table.name}:{','.join(sorted(values))}",
+                               lambda insert_: insert_(table).on_conflict_do_nothing(
+                                   index_elements=list(KEYS[table.name])))
+    conn.execute(statement, values)
+
+
+def set_values(conn: Connection, table: Table, key: dict[str, Any],
+               values: dict[str, Any]) -> None:
+    """UPDATE the row with `key` to `values`."""
+    statement = STATEMENTS.get(conn, f"set:{table.name}:{','.join(sorted(values))}",
+                               lambda _: update(table).where(_key_where(table)).values(
+                                   {name: bindparam(f"v_{name}") for name in values}))
+    conn.execute(statement, {**{f"k_{k}": v for k, v in key.items()},
+                             **{f"v_{k}": v for k, v in values.items()}})
 
 
 def locked(conn: Connection, table: Table, key: dict[str, Any], placeholder: dict[str, Any],
-           *columns: Any) -> Any:
+           *columns: str) -> Any:
     """The row with `key`, created as `placeholder` if missing, locked for this transaction.
 
     Concurrent handlers of one aggregate (a post's create and its edit, say) then take turns
     on the row instead of racing to insert it. SQLite has one writer at a time anyway.
     """
-    conn.execute(upsert(conn, table).values(**key, **placeholder)
-                 .on_conflict_do_nothing(index_elements=list(key)))
-    where = and_(*(table.c[name] == value for name, value in key.items()))
-    return conn.execute(select(*columns).where(where).with_for_update()).one()
+    create_missing(conn, table, {**key, **placeholder})
+    statement = STATEMENTS.get(conn, f"lock:{table.name}:{','.join(columns)}",
+                               lambda _: select(*(table.c[c] for c in columns))
+                               .where(_key_where(table)).with_for_update())
+    return conn.execute(statement, {f"k_{k}": v for k, v in key.items()}).one()
 
 
-def ensure_user(conn: Connection, user_id: str) -> None:
-    """A users row to count on, even before the user's profile event has arrived."""
-    conn.execute(upsert(conn, users).values(user_id=user_id)
-                 .on_conflict_do_nothing(index_elements=["user_id"]))
+def _add(table: Table, column: str) -> Any:
+    return (update(table).where(_key_where(table))
+            .values({column: table.c[column] + bindparam("delta")}))
 
 
 def bump(conn: Connection, user_id: str, column: str, delta: int) -> None:
-    ensure_user(conn, user_id)
-    conn.execute(update(users).where(users.c.user_id == user_id)
-                 .values({column: users.c[column] + delta}))
+    create_missing(conn, users, {"user_id": user_id})
+    conn.execute(STATEMENTS.get(conn, f"bump:users:{column}", lambda _: _add(users, column)),
+                 {"k_user_id": user_id, "delta": delta})
 
 
 def bump_post(conn: Connection, post_id: str, column: str, delta: int) -> None:
-    conn.execute(upsert(conn, post_stats).values(post_id=post_id)
-                 .on_conflict_do_nothing(index_elements=["post_id"]))
-    conn.execute(update(post_stats).where(post_stats.c.post_id == post_id)
-                 .values({column: post_stats.c[column] + delta}))
+    create_missing(conn, post_stats, {"post_id": post_id})
+    conn.execute(STATEMENTS.get(conn, f"bump:post_stats:{column}",
+                                lambda _: _add(post_stats, column)),
+                 {"k_post_id": post_id, "delta": delta})
+
+
+def add_to_timelines(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(STATEMENTS.get(conn, "timeline:add", lambda insert_: insert_(timeline)
+                                    .on_conflict_do_nothing()), rows)
+
+
+_POST_ID = bindparam("post_id")
+_DELETE_FOR_POST = {table.name: delete(table).where(table.c.post_id == _POST_ID)
+                    for table in (timeline, post_tags, post_mentions, post_versions)}
+_FOLLOWERS = select(edges.c.source).where(edges.c.kind == "follow",
+                                          edges.c.target == bindparam("author"), edges.c.active)
+_FOLLOWERS_COUNT = select(users.c.followers_count).where(users.c.user_id == bindparam("user"))
+_RECENT = (select(posts.c.id).where(
+    posts.c.author_id == bindparam("author"), posts.c.deleted.is_(False), posts.c.fanned_out,
+    posts.c.visibility.in_(("public", "followers")))
+    .order_by(posts.c.id.desc()).limit(bindparam("limit")))
+_UNFOLLOWED = delete(timeline).where(timeline.c.user_id == bindparam("follower"),
+                                     timeline.c.author_id == bindparam("followee"))
+_BLOCKED = delete(timeline).where(or_(
+    and_(timeline.c.user_id == bindparam("a"), timeline.c.author_id == bindparam("b")),
+    and_(timeline.c.user_id == bindparam("b"), timeline.c.author_id == bindparam("a"))))
+_SET_CREATED = update(users).where(users.c.user_id == bindparam("user"),
+                                   users.c.created_at.is_(None)).values(
+                                       created_at=bindparam("created_at"))
 
 
 def newer(at: datetime, event_id: str, row: Any) -> bool:
@@ -160,12 +225,9 @@ class Projector:
 
     def on_profile(self, conn: Connection, envelope: Envelope) -> None:
         data = _profile(envelope)
-        row = locked(conn, users, {"user_id": data.user_id}, {},
-                     users.c.changed_at, users.c.changed_by)
+        row = locked(conn, users, {"user_id": data.user_id}, {}, "changed_at", "changed_by")
         if isinstance(data, profile_events.ProfileCreated):  # whenever it arrives
-            conn.execute(update(users).where(users.c.user_id == data.user_id,
-                                             users.c.created_at.is_(None))
-                         .values(created_at=data.created_at))
+            conn.execute(_SET_CREATED, {"user": data.user_id, "created_at": data.created_at})
         if not newer(envelope.occurred_at, envelope.id, row):
             return
         values: dict[str, Any] = {
@@ -173,7 +235,7 @@ class Projector:
             "changed_at": envelope.occurred_at, "changed_by": envelope.id}
         if isinstance(data, profile_events.ProfileUpdated):
             values.update(bio=data.bio, avatar_url=data.avatar_url)
-        conn.execute(update(users).where(users.c.user_id == data.user_id).values(values))
+        set_values(conn, users, {"user_id": data.user_id}, values)
 
     # graph --------------------------------------------------------------------------------
 
@@ -183,20 +245,17 @@ class Projector:
         source, target = data.actor_id, data.target_id
         key = {"kind": kind, "source": source, "target": target}
         row = locked(conn, edges, key, {"active": False, "changed_at": NEVER, "changed_by": ""},
-                     edges.c.active, edges.c.changed_at, edges.c.changed_by)
+                     "active", "changed_at", "changed_by")
         if not newer(envelope.occurred_at, envelope.id, row):
             return
-        conn.execute(update(edges).where(
-            edges.c.kind == kind, edges.c.source == source, edges.c.target == target)
-            .values(active=active, changed_at=envelope.occurred_at, changed_by=envelope.id))
+        set_values(conn, edges, key, {"active": active, "changed_at": envelope.occurred_at,
+                                      "changed_by": envelope.id})
         if row.active == active:
             return
         if kind == "follow":
             self._follow_changed(conn, source, target, active)
         elif kind == "block" and active:
-            conn.execute(delete(timeline).where(or_(
-                and_(timeline.c.user_id == source, timeline.c.author_id == target),
-                and_(timeline.c.user_id == target, timeline.c.author_id == source))))
+            conn.execute(_BLOCKED, {"a": source, "b": target})
 
     def _follow_changed(self, conn: Connection, follower: str, followee: str,
                         active: bool) -> None:
@@ -207,17 +266,13 @@ class Projector:
                                        followee: "followers_count"}.items()):
             bump(conn, user_id, column, delta)
         if not active:
-            conn.execute(delete(timeline).where(timeline.c.user_id == follower,
-                                                timeline.c.author_id == followee))
+            conn.execute(_UNFOLLOWED, {"follower": follower, "followee": followee})
             return
-        recent = conn.execute(select(posts.c.id).where(
-            posts.c.author_id == followee, posts.c.deleted.is_(False), posts.c.fanned_out,
-            posts.c.visibility.in_(("public", "followers")))
-            .order_by(posts.c.id.desc()).limit(self.follow_backfill)).scalars().all()
+        recent = conn.execute(_RECENT, {"author": followee,
+                                        "limit": self.follow_backfill}).scalars().all()
+        add_to_timelines(conn, [{"user_id": follower, "post_id": post_id,
+                                 "author_id": followee} for post_id in recent])
         if recent:
-            conn.execute(upsert(conn, timeline).on_conflict_do_nothing(), [
-                {"user_id": follower, "post_id": post_id, "author_id": followee}
-                for post_id in recent])
             self.grown.add(follower)
 
     # posts --------------------------------------------------------------------------------
@@ -227,17 +282,18 @@ class Projector:
         """The post's row, locked; seq 0 means no event about it was applied yet."""
         return locked(conn, posts, {"id": post_id},
                       {"author_id": author_id, "seq": 0, "deleted": False},
-                      posts.c.seq, posts.c.deleted, posts.c.reply_to)
+                      "seq", "deleted", "reply_to")
 
     def on_post_state(self, conn: Connection, envelope: Envelope) -> None:
         state = post_events.PostState.model_validate(envelope.data)
         row = self._lock_post(conn, state.post_id, state.author_id)
         if row.deleted:
             return  # a delete outranks every version of the post
-        conn.execute(upsert(conn, post_versions).values(
-            post_id=state.post_id, version=state.version, text=state.text,
-            content_warning=state.content_warning,
-            created_at=state.edited_at or state.created_at).on_conflict_do_nothing())
+        version = {"post_id": state.post_id, "version": state.version, "text": state.text,
+                   "content_warning": state.content_warning,
+                   "created_at": state.edited_at or state.created_at}
+        conn.execute(STATEMENTS.get(conn, "version:add", lambda insert_: insert_(post_versions)
+                                    .on_conflict_do_nothing()), version)
         if row.seq >= state.seq:
             return
         values = {
@@ -248,20 +304,20 @@ class Projector:
             "mentions": state.mentions, "version": state.version, "seq": state.seq,
             "created_at": state.created_at, "edited_at": state.edited_at}
         if row.seq == 0:
-            followers = conn.execute(select(users.c.followers_count).where(
-                users.c.user_id == state.author_id)).scalar()
+            followers = conn.execute(_FOLLOWERS_COUNT, {"user": state.author_id}).scalar()
             values["fanned_out"] = (followers or 0) < self.fanout_threshold
-        conn.execute(update(posts).where(posts.c.id == state.post_id).values(values))
+        set_values(conn, posts, {"id": state.post_id}, values)
         if row.seq == 0:
             self._went_live(conn, state, values["fanned_out"])
-        conn.execute(delete(post_tags).where(post_tags.c.post_id == state.post_id))
-        conn.execute(delete(post_mentions).where(post_mentions.c.post_id == state.post_id))
+        else:
+            for table in (post_tags, post_mentions):
+                conn.execute(_DELETE_FOR_POST[table.name], {"post_id": state.post_id})
         if state.hashtags:
-            conn.execute(insert(post_tags), [{"tag": tag, "post_id": state.post_id}
-                                             for tag in state.hashtags])
+            conn.execute(post_tags.insert(), [{"tag": tag, "post_id": state.post_id}
+                                              for tag in state.hashtags])
         if state.mentions:
-            conn.execute(insert(post_mentions), [{"post_id": state.post_id, "username": name}
-                                                 for name in state.mentions])
+            conn.execute(post_mentions.insert(), [{"post_id": state.post_id, "username": name}
+                                                  for name in state.mentions])
 
     def _went_live(self, conn: Connection, state: post_events.PostState,
                    fanned_out: bool) -> None:
@@ -272,10 +328,8 @@ class Projector:
             bump_post(conn, state.reply_to, "reply_count", 1)
         user_ids = {state.author_id}
         if fanned_out and state.visibility != "direct":
-            user_ids.update(conn.execute(select(edges.c.source).where(
-                edges.c.kind == "follow", edges.c.target == state.author_id,
-                edges.c.active)).scalars())
-        conn.execute(upsert(conn, timeline).on_conflict_do_nothing(), [
+            user_ids.update(conn.execute(_FOLLOWERS, {"author": state.author_id}).scalars())
+        add_to_timelines(conn, [
             {"user_id": user_id, "post_id": state.post_id, "author_id": state.author_id}
             for user_id in user_ids])
         self.grown.update(user_ids)
@@ -285,24 +339,23 @@ class Projector:
         row = self._lock_post(conn, data.post_id, data.author_id)
         if row.seq >= data.seq:
             return
-        conn.execute(update(posts).where(posts.c.id == data.post_id).values(
-            **TOMBSTONE, author_id=data.author_id, reply_to=data.reply_to, seq=data.seq))
+        set_values(conn, posts, {"id": data.post_id}, {
+            **TOMBSTONE, "author_id": data.author_id, "reply_to": data.reply_to,
+            "seq": data.seq})
         if row.seq > 0 and not row.deleted:
             bump(conn, data.author_id, "posts_count", -1)
             if row.reply_to:
                 bump_post(conn, row.reply_to, "reply_count", -1)
-        for table in (timeline, post_tags, post_mentions, post_versions):
-            conn.execute(delete(table).where(table.c.post_id == data.post_id))
+        for statement in _DELETE_FOR_POST.values():
+            conn.execute(statement, {"post_id": data.post_id})
 
     def on_like(self, conn: Connection, envelope: Envelope) -> None:
         data = post_events.LikeChange.model_validate(envelope.data)
         active = envelope.type == "post.liked"
         key = {"post_id": data.post_id, "user_id": data.user_id}
-        row = locked(conn, likes, key, {"active": False, "seq": 0}, likes.c.active, likes.c.seq)
+        row = locked(conn, likes, key, {"active": False, "seq": 0}, "active", "seq")
         if row.seq >= data.seq:
             return
-        conn.execute(update(likes).where(likes.c.post_id == data.post_id,
-                                         likes.c.user_id == data.user_id)
-                     .values(active=active, seq=data.seq))
+        set_values(conn, likes, key, {"active": active, "seq": data.seq})
         if row.active != active:
             bump_post(conn, data.post_id, "like_count", 1 if active else -1)

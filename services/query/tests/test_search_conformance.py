@@ -322,6 +322,13 @@ async def test_blank_user_query_is_a_problem_naming_q(engine):
     assert caught.value.extra["errors"][0]["field"] == "q"
 
 
+async def test_a_page_size_below_one_is_a_problem_naming_limit(engine):
+    for search in (engine.search_posts, engine.search_users):
+        with pytest.raises(Problem) as caught:
+            await search("hello", ANYONE, limit=0, cursor=None)
+        assert caught.value.extra["errors"][0]["field"] == "limit"
+
+
 @pytest.mark.parametrize("cursor", ["%%%", "bm90IGpzb24", encode_cursor({"x": 1}),
                                     encode_cursor({"q": 0, "k": [1.0, 2, "p"], "a": 3})])
 async def test_malformed_cursors_are_400_problems_naming_cursor(engine, cursor):

@@ -2,6 +2,7 @@
 full ranking, row keys follow creation time, and the parser's structure."""
 
 import random
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -104,6 +105,20 @@ async def test_posts_past_the_recency_floor_rank_by_relevance(tmp_path):
     first = await engine.search_posts("tea", viewer, limit=5, cursor=None)
     assert len(whole) == 40 and first.ids == whole[:5]
     assert whole[0] == "p0009"  # the newest of the densest: five times "tea" and no "cake"
+    await engine.close()
+
+
+async def test_an_index_laid_out_by_other_code_is_rebuilt_empty(tmp_path):
+    path = tmp_path / "search.db"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE posts (id INTEGER PRIMARY KEY, post_id TEXT)")
+    old.commit()
+    old.close()
+    engine = EmbeddedSearch(str(path))
+    await engine.start()
+    await engine.index_post(post(1, "fresh start", NOW))
+    assert (await engine.search_posts("fresh", Viewer("id-x", "x"), limit=5,
+                                      cursor=None)).ids == ["p0001"]
     await engine.close()
 
 

@@ -58,6 +58,12 @@ def decode(kind: str, q: str, cursor: str | None, types: tuple[type, ...],
     return Position(key, anchor if anchored else None)
 
 
+def check_limit(limit: int) -> None:
+    """A page holds at least one hit (the HTTP layer also caps it)."""
+    if limit < 1:
+        raise invalid("limit", "must be at least 1")
+
+
 def _fits(value: Any, kind: type) -> bool:
     if isinstance(value, bool):
         return False

@@ -12,6 +12,7 @@ SQLite's default build takes around every allocation for its memory statistics (
 
 import asyncio
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -26,12 +27,22 @@ from chassis.text import normalize_tag
 from . import Hits, PostDoc, UserDoc, Viewer
 from . import cursor as cursors
 from .analysis import index_tokens
-from .fts import DROP, KEY_BITS, SCHEMA, micros, post_key, post_plan, user_select
+from .fts import (
+    DROP,
+    KEY_BITS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    micros,
+    post_key,
+    post_plan,
+    user_select,
+)
 from .query import parse_post_query, parse_user_query
 from .ranking import RECENCY_HALF_LIFE
 from .walk import HitCounts, top_posts
 
 T = TypeVar("T")
+log = logging.getLogger("query_svc.search")
 
 _POST_KEY = (float, int, str)  # score, created_us, post_id
 _USER_KEY = (int, int, str, str)  # tier, followers_count, username, user_id
@@ -102,7 +113,7 @@ class EmbeddedSearch:
 
     async def start(self) -> None:
         self._writer = _Workers(1, lambda: self._connect(readonly=False), "search-write")
-        await self._writer.run(lambda conn: conn.executescript(SCHEMA))
+        await self._writer.run(_create_schema, self._path)
         if self._path == ":memory:" or self._path.startswith("file::memory:"):
             self._readers = self._writer  # one private database: its one connection reads too
         else:
@@ -145,6 +156,7 @@ class EmbeddedSearch:
 
     async def search_posts(self, q: str, viewer: Viewer, *, limit: int,
                            cursor: str | None) -> Hits:
+        cursors.check_limit(limit)
         query = parse_post_query(q)
         position = cursors.decode("posts", q, cursor, _POST_KEY, anchored=True)
         anchor = position.anchor if position else time.time_ns() // 1000
@@ -163,6 +175,7 @@ class EmbeddedSearch:
 
     async def search_users(self, q: str, viewer: Viewer, *, limit: int,
                            cursor: str | None) -> Hits:
+        cursors.check_limit(limit)
         query = parse_user_query(q)
         position = cursors.decode("users", q, cursor, _USER_KEY, anchored=False)
         sql, params = user_select(query, viewer, limit=limit + 1,
@@ -178,6 +191,18 @@ class EmbeddedSearch:
 
 
 # --- work done on the threads ---------------------------------------------------------------
+
+def _create_schema(conn: sqlite3.Connection, path: str) -> None:
+    """Create the tables; an index laid out by other code (row keys and counts the ranking
+    walk relies on) is dropped, since reading it would rank wrongly: replay the events."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+    if tables and version != SCHEMA_VERSION:
+        log.warning("search index %s has layout %s, not %s: rebuilt empty, replay events "
+                    "to fill it", path, version, SCHEMA_VERSION)
+        conn.executescript(DROP)
+    conn.executescript(SCHEMA)
+
 
 def _fetch(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     return conn.execute(sql, params).fetchall()

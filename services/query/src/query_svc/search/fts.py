@@ -18,8 +18,9 @@ from .ranking import RECENCY_MAX_HALVINGS
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 KEY_BITS = 10  # row keys per millisecond of creation time
+SCHEMA_VERSION = 2  # PRAGMA user_version of an index this code can read
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS posts (
     id INTEGER PRIMARY KEY,            -- row key (see post_key), also the post's post_text rowid
     post_id TEXT NOT NULL UNIQUE,
@@ -46,6 +47,7 @@ INSERT OR IGNORE INTO counts VALUES ('live_posts', 0), ('inserted', 0), ('delete
     ('epoch', abs(random()));                 -- a new index, so counts cached before are void
 CREATE VIRTUAL TABLE IF NOT EXISTS user_text
     USING fts5(username, display_name, bio, tokenize = "ascii tokenchars '_'");
+PRAGMA user_version = {SCHEMA_VERSION};
 """
 
 DROP = """

@@ -96,6 +96,7 @@ class OpenSearchEngine:
 
     async def search_posts(self, q: str, viewer: Viewer, *, limit: int,
                            cursor: str | None) -> Hits:
+        cursors.check_limit(limit)
         query = parse_post_query(q)
         position = cursors.decode("posts", q, cursor, _POST_KEY, anchored=True)
         anchor = position.anchor if position else time.time_ns() // 1_000_000
@@ -107,6 +108,7 @@ class OpenSearchEngine:
 
     async def search_users(self, q: str, viewer: Viewer, *, limit: int,
                            cursor: str | None) -> Hits:
+        cursors.check_limit(limit)
         query = parse_user_query(q)
         position = cursors.decode("users", q, cursor, _USER_KEY, anchored=False)
         body = user_search_body(query, viewer, limit=limit + 1,

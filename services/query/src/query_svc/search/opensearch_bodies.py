@@ -13,8 +13,10 @@ CJK characters into overlapping bigrams. Indexing keeps the unigrams too
 character, and every character is searchable on its own. Searching uses bigrams only
 (a lone character stays a unigram), one position apart, so `match_phrase` over a CJK run's
 bigrams needs them at consecutive character positions of one run: exactly a substring
-test. `cjk_width` and `lowercase` repeat our normalization for text that comes from
-elsewhere.
+test. A phrase never spans two CJK runs (see `query.Match`), which also keeps it clear of
+the position shift that bigram-only streams get after a break in older Lucene versions
+(apache/lucene#15812). `cjk_width` and `lowercase` repeat our normalization for text that
+comes from elsewhere.
 
 Deletion is a tombstone document, never a real delete: OpenSearch forgets a deleted
 document's version after `index.gc_deletes`, after which a late, older write would

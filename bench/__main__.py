@@ -17,7 +17,7 @@ import uuid
 
 import httpx
 
-from .lag import measure
+from .lag import measure, settle
 from .load import run_wrk
 from .stack import embedded_stack
 
@@ -43,6 +43,7 @@ async def _sign_up(base_url: str, count: int) -> list[tuple[str, str]]:
 
 
 SCENARIOS = (
+    ("post -> home timeline and search", "lag", ""),
     ("GET /api/profiles/me", "me", "target >= 2000/s, p99 <= 25 ms"),
     ("PUT /api/profiles/{id}/follow", "follow", "target >= 800/s, p99 <= 50 ms"),
     ("POST /api/posts", "post", "target >= 1000/s, p99 <= 50 ms"),
@@ -64,11 +65,12 @@ def _free_port() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="benchmark a stack that already runs (else start one)")
-    parser.add_argument("--replicas", default="profile=2", help="e.g. profile=2 (embedded only)")
+    parser.add_argument("--replicas", default="profile=2,query=2",
+                        help="e.g. profile=2,query=2 (embedded only)")
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--only", nargs="*", help="scenarios to run: me follow post home")
+    parser.add_argument("--only", nargs="*", help="scenarios to run: lag me follow post home")
     args = parser.parse_args()
 
     def scenarios(base_url: str) -> None:
@@ -87,6 +89,14 @@ def main() -> None:
                 print(f"{result.line()}   ({target})")
                 for line in lag.lines():
                     print(line)
+                caught_up = asyncio.run(settle(base_url, users[0], users[1]))
+                print(f"{'read side caught up after':<34} "
+                      + (f"{caught_up:.1f} s" if caught_up is not None else "more than 300 s"))
+                continue
+            if mode == "lag":
+                lag = asyncio.run(measure(base_url, users[0], users[1], args.duration))
+                for line in lag.lines():
+                    print(f"{line}   (no other load)")
                 continue
             result = run_wrk(name, base_url, users, mode, connections=args.connections,
                              duration_s=args.duration)

@@ -73,3 +73,18 @@ async def measure(base_url: str, author: tuple[str, str], reader: tuple[str, str
             if search is not None:
                 lags.search_ms.append(search)
     return lags
+
+
+async def settle(base_url: str, author: tuple[str, str], reader: tuple[str, str],
+                 timeout_s: float = 300.0) -> float | None:
+    """Seconds until a new post by `author` reaches `reader`'s home timeline: after a write
+    load, how long the read side takes to work through what is queued."""
+    as_author = {"Authorization": f"Bearer {author[0]}"}
+    as_reader = {"Authorization": f"Bearer {reader[0]}"}
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        created = await http.post("/api/posts", headers=as_author, json={"text": "settle"})
+        created.raise_for_status()
+        started = time.perf_counter()
+        waited = await _wait_for(http, "/api/timelines/home", as_reader, created.json()["id"],
+                                 started, timeout_s=timeout_s)
+    return None if waited is None else waited / 1000

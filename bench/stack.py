@@ -28,8 +28,8 @@ def embedded_stack(port: int, replicas: str | None) -> Iterator[str]:
     data_dir = tempfile.mkdtemp(prefix="asyncsns-bench-")
     command = [sys.executable, "-m", "stack.launcher", "up", "--port", str(port),
                "--data-dir", data_dir]
-    if replicas:
-        command += ["--replicas", replicas]
+    for replica in (replicas or "").replace(",", " ").split():
+        command += ["--replicas", replica]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     base_url = f"http://127.0.0.1:{port}"

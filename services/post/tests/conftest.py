@@ -6,8 +6,6 @@ profile service would), and real Cognito users.
 """
 
 import asyncio
-import json
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -17,46 +15,16 @@ from jose import jwt
 from sqlalchemy import select
 
 from chassis.events import Envelope
-from chassis.testing import aws_client, serve_in_process, wait_until
+from chassis.testing import (
+    EventTap,
+    aws_client,
+    serve_in_process,
+    subscribe_queue,
+    wait_until,
+)
 from post_svc.main import GRAPH_QUEUE, build_app
 from post_svc.models import Base
 from post_svc.settings import PostSettings
-
-
-def _subscribe(sns: Any, sqs: Any, topic_arn: str, queue_name: str,
-               event_types: list[str] | None = None) -> str:
-    """A queue on the topic with raw delivery (and a filter on event type, as deployed)."""
-    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
-    attributes = {"RawMessageDelivery": "true"}
-    if event_types:
-        attributes["FilterPolicy"] = json.dumps({"event_type": event_types})
-    sns.subscribe(TopicArn=topic_arn, Protocol="sqs",
-                  Endpoint=arn["Attributes"]["QueueArn"], Attributes=attributes)
-    return url
-
-
-@dataclass
-class EventTap:
-    """A raw-delivery queue on the post topic: what the service published."""
-
-    sqs: Any
-    url: str
-
-    async def drain(self, expected: int, timeout_s: float = 10.0) -> list[dict]:
-        """Collect at least `expected` events (the app's loop keeps running meanwhile)."""
-        return await asyncio.to_thread(self._drain, expected, timeout_s)
-
-    def _drain(self, expected: int, timeout_s: float) -> list[dict]:
-        events: list[dict] = []
-        deadline = time.monotonic() + timeout_s
-        while len(events) < expected and time.monotonic() < deadline:
-            got = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10,
-                                           WaitTimeSeconds=1).get("Messages", [])
-            for message in got:
-                events.append(json.loads(message["Body"]))
-                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
-        return events
 
 
 def by_seq(events: list[dict]) -> list[dict]:
@@ -99,14 +67,15 @@ def names() -> str:
 def tap(moto_endpoint: str, names: str) -> tuple[str, EventTap]:
     sns, sqs = aws_client("sns", moto_endpoint), aws_client("sqs", moto_endpoint)
     topic = sns.create_topic(Name=f"{names}post-events")["TopicArn"]
-    return topic, EventTap(sqs, _subscribe(sns, sqs, topic, f"{names}tap"))
+    return topic, EventTap(sqs, subscribe_queue(sns, sqs, topic, f"{names}tap"))
 
 
 @pytest.fixture
 def graph(moto_endpoint: str, names: str) -> GraphFeed:
     sns, sqs = aws_client("sns", moto_endpoint), aws_client("sqs", moto_endpoint)
     topic = sns.create_topic(Name=f"{names}profile-events")["TopicArn"]
-    url = _subscribe(sns, sqs, topic, names + GRAPH_QUEUE, ["graph.blocked", "graph.unblocked"])
+    url = subscribe_queue(sns, sqs, topic, names + GRAPH_QUEUE,
+                          ["graph.blocked", "graph.unblocked"])
     return GraphFeed(sns, sqs, topic, url)
 
 

@@ -1,40 +1,14 @@
 """A profile service wired to a real moto (Cognito, SNS, SQS) and a fresh database per test."""
 
-import asyncio
-import json
-import time
 import uuid
 from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from chassis.testing import aws_client
+from chassis.testing import EventTap, aws_client, subscribe_queue
 from profile_svc.main import build_app
 from profile_svc.settings import ProfileSettings
-
-
-@dataclass
-class EventTap:
-    """A raw-delivery queue on the profile topic: what the service published."""
-
-    sqs: object
-    url: str
-
-    async def drain(self, expected: int, timeout_s: float = 10.0) -> list[dict]:
-        """Collect at least `expected` events (the app's loop keeps running meanwhile)."""
-        return await asyncio.to_thread(self._drain, expected, timeout_s)
-
-    def _drain(self, expected: int, timeout_s: float) -> list[dict]:
-        events: list[dict] = []
-        deadline = time.monotonic() + timeout_s
-        while len(events) < expected and time.monotonic() < deadline:
-            got = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10,
-                                           WaitTimeSeconds=1).get("Messages", [])
-            for message in got:
-                events.append(json.loads(message["Body"]))
-                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
-        return events
 
 
 @pytest.fixture
@@ -42,12 +16,7 @@ def events_topic(moto_endpoint: str) -> tuple[str, EventTap]:
     sns, sqs = aws_client("sns", moto_endpoint), aws_client("sqs", moto_endpoint)
     name = f"profile-events-{uuid.uuid4().hex[:8]}"
     topic = sns.create_topic(Name=name)["TopicArn"]
-    url = sqs.create_queue(QueueName=f"tap-{name}")["QueueUrl"]
-    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
-    arn = attributes["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn,
-                  Attributes={"RawMessageDelivery": "true"})
-    return topic, EventTap(sqs, url)
+    return topic, EventTap(sqs, subscribe_queue(sns, sqs, topic, f"tap-{name}"))
 
 
 @pytest.fixture

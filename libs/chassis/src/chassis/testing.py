@@ -255,6 +255,42 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 # --- talking to a service in tests ---------------------------------------------------------
 
+def subscribe_queue(sns: Any, sqs: Any, topic_arn: str, queue_name: str,
+                    event_types: list[str] | None = None) -> str:
+    """A queue on the topic with raw delivery (and a filter on event type, as deployed)."""
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    attributes = {"RawMessageDelivery": "true"}
+    if event_types:
+        attributes["FilterPolicy"] = json.dumps({"event_type": event_types})
+    sns.subscribe(TopicArn=topic_arn, Protocol="sqs",
+                  Endpoint=arn["Attributes"]["QueueArn"], Attributes=attributes)
+    return url
+
+
+@dataclass
+class EventTap:
+    """A raw-delivery queue on a service's topic: what the service published."""
+
+    sqs: Any
+    url: str
+
+    async def drain(self, expected: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+        """Collect at least `expected` events (the app's loop keeps running meanwhile)."""
+        return await asyncio.to_thread(self._drain, expected, timeout_s)
+
+    def _drain(self, expected: int, timeout_s: float) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        while len(events) < expected and time.monotonic() < deadline:
+            got = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10,
+                                           WaitTimeSeconds=1).get("Messages", [])
+            for message in got:
+                events.append(json.loads(message["Body"]))
+                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
+        return events
+
+
 @contextlib.asynccontextmanager
 async def serve_in_process(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """Run the app's lifespan and talk to it in-process; a 500 comes back as a response."""

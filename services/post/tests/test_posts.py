@@ -101,6 +101,18 @@ async def test_a_deleted_post_answers_404_to_everything(client, user, post, even
     assert row["deleted_at"] is not None and row["seq"] == 2
 
 
+async def test_deleting_erases_what_was_written(client, user, post, rows):
+    alice = await user()
+    created = await post(alice, "a secret #tag")
+    path = f"/api/posts/{created['id']}"
+    await client.patch(path, json={"text": "an edited secret"}, headers=alice.headers)
+    assert len(await rows("post_versions", post_id=created["id"])) == 1
+    assert (await client.delete(path, headers=alice.headers)).status_code == 204
+    [row] = await rows("posts", id=created["id"])
+    assert (row["text"], row["hashtags"], row["content_warning"]) == ("", [], None)
+    assert await rows("post_versions", post_id=created["id"]) == []
+
+
 async def test_a_reply_to_a_deleted_post_names_reply_to(client, user, post):
     alice = await user()
     parent = await post(alice)

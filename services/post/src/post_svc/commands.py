@@ -43,6 +43,7 @@ _INSERT_VERSION = insert(_VERSIONS)
 _UPDATE_POST = update(_POSTS).where(_POSTS.c.id == bindparam("post_id"))
 _INSERT_LIKE = {"sqlite": sqlite.insert(_LIKES).on_conflict_do_nothing(),
                 "postgresql": postgresql.insert(_LIKES).on_conflict_do_nothing()}
+_DELETE_VERSIONS = delete(_VERSIONS).where(_VERSIONS.c.post_id == _ID)
 _DELETE_LIKE = delete(_LIKES).where(_LIKES.c.post_id == _ID, _LIKES.c.user_id == _USER)
 # The post's columns that `PostState` carries under the same names (its id is `post_id`).
 _STATE_COLUMNS = [name for name in events.PostState.model_fields if name != "post_id"]
@@ -90,11 +91,18 @@ def edit_post(conn: Connection, *, post_id: str, caller: str,
 
 
 def delete_post(conn: Connection, *, post_id: str, caller: str) -> None:
-    """Delete a post: it answers 404 from now on, and its event outranks every earlier one."""
+    """Delete a post: it answers 404 from now on, and its event outranks every earlier one.
+
+    What the author wrote goes with it (every version); the row stays as a tombstone so that
+    replies keep their parent's id and the `seq` series goes on.
+    """
     post = _for_change(conn, post_id, caller)
     check_author(post.author_id, caller, "delete")
     seq, now = post.seq + 1, utcnow()
-    conn.execute(_UPDATE_POST, {"post_id": post_id, "seq": seq, "deleted_at": now})
+    conn.execute(_UPDATE_POST, {"post_id": post_id, "seq": seq, "deleted_at": now, "text": "",
+                                "content_warning": None, "hashtags": [], "mentions": [],
+                                "media_ids": []})
+    conn.execute(_DELETE_VERSIONS, {"id": post_id})
     _emit(conn, events.PostDeleted(post_id=post_id, author_id=post.author_id,
                                    reply_to=post.reply_to, seq=seq, deleted_at=now),
           post_id, caller)

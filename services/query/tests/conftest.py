@@ -77,9 +77,10 @@ def query_settings(**overrides: Any) -> QuerySettings:
 
 
 @pytest.fixture
-def settings(database_url, tmp_path, cognito, moto_endpoint, bus) -> QuerySettings:
+def settings(database_url, tmp_path, cognito, moto_endpoint, bus, redis_url) -> QuerySettings:
     return query_settings(
         database_url=database_url, search_url=f"sqlite:///{tmp_path / 'search.db'}",
+        redis_url=redis_url,
         aws_endpoint_url=moto_endpoint, queue_prefix=bus.prefix, archive_bucket=bus.bucket,
         archive_queues=("archive-profile", "archive-post"), fanout_threshold=3,
         **cognito.env())

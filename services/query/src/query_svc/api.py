@@ -3,12 +3,13 @@
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.auth import CurrentUser
+from chassis.cache import ViewCache
 from chassis.db import DatabaseDep
 from chassis.pagination import Cursor, Limit, Page
 from chassis.problems import Problem, invalid, not_found
@@ -35,6 +36,7 @@ posts_router = APIRouter(prefix="/api/posts", tags=["posts (read)"])
 timelines = APIRouter(prefix="/api/timelines", tags=["timelines"])
 search_router = APIRouter(prefix="/api/search", tags=["search"])
 PostId = Annotated[str, Path(max_length=64)]
+DEFAULT_LIMIT = 20
 
 ONE_POST = POST_VIEWS.where(posts.c.id == bindparam("post"), visible(hide_muted=False))
 REPLIES = [Listing.of(POST_VIEWS.where(posts.c.reply_to == bindparam("post"), visible()),
@@ -100,17 +102,28 @@ async def replies(post_id: PostId, user: CurrentUser, db: DatabaseDep, limit: Li
                                    post=post_id)
 
 
-@timelines.get("/home")
-async def home(user: CurrentUser, db: DatabaseDep, limit: Limit = 20,
-               cursor: Cursor = None) -> Page[PostView]:
+@timelines.get("/home", response_model=Page[PostView])
+async def home(request: Request, user: CurrentUser, db: DatabaseDep, limit: Limit = 20,
+               cursor: Cursor = None) -> Response:
     """Posts by the people the caller follows and the caller's own, newest first.
 
     Most posts were fanned out into the caller's timeline when written. Posts by authors
     with very many followers were not, and are merged in here from the follow list, as are
     direct posts that mention the caller.
     """
-    async with db.sessions() as session:
-        return await page_of_posts(session, HOME, user, limit=limit, cursor=cursor)
+
+    async def load() -> bytes:
+        async with db.sessions() as session:
+            page = await page_of_posts(session, HOME, user, limit=limit, cursor=cursor)
+        return page.model_dump_json().encode()
+
+    # The first page is what clients poll: it is cached until the reader's timeline changes.
+    cache: ViewCache | None = getattr(request.app.state, "home_cache", None)
+    if cursor is None and limit == DEFAULT_LIMIT and cache is not None:
+        body = await cache.get_or_load(user.id, load)
+    else:
+        body = await load()
+    return Response(body, media_type="application/json")
 
 
 @timelines.get("/users/{user_id}")

@@ -14,6 +14,7 @@ from sqlalchemy import Table, and_, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from chassis.cache import ViewCache
 from chassis.consumer import Apply
 from chassis.db import Database
 from chassis.events import Envelope
@@ -143,6 +144,8 @@ _UNFOLLOWED = delete(timeline).where(timeline.c.user_id == bindparam("follower")
 _BLOCKED = delete(timeline).where(or_(
     and_(timeline.c.user_id == bindparam("a"), timeline.c.author_id == bindparam("b")),
     and_(timeline.c.user_id == bindparam("b"), timeline.c.author_id == bindparam("a"))))
+_HOLDERS = select(timeline.c.user_id).where(timeline.c.post_id == bindparam("post_id"))
+_NAMED = select(users.c.user_id).where(users.c.username.in_(bindparam("names", expanding=True)))
 _SET_CREATED = update(users).where(users.c.user_id == bindparam("user"),
                                    users.c.created_at.is_(None)).values(
                                        created_at=bindparam("created_at"))
@@ -179,21 +182,35 @@ class Projector:
         self.fanout_threshold = fanout_threshold
         self.follow_backfill = follow_backfill
         self.grown: set[str] = set()  # home timelines written to since the last trim
+        self.home_cache: ViewCache | None = None  # set when the service starts
+        # Whose home timeline an event changed, noted by its unit and dropped from the cache
+        # once the unit committed.
+        self._touched: dict[str, set[str]] = {}
 
     def handlers(self) -> dict[str, dict[str, Apply]]:
         """Handlers per queue, as the chassis consumer takes them."""
         profile = Apply(self.on_profile, before=self.index_profile)
-        edge = Apply(self.on_edge)
-        post = Apply(self.on_post_state, before=self.index_post)
-        like = Apply(self.on_like)
+        edge = Apply(self.on_edge, after=self.forget_homes)
+        post = Apply(self.on_post_state, before=self.index_post, after=self.forget_homes)
+        like = Apply(self.on_like, after=self.forget_homes)
         return {
             "query-profile": {"profile.created": profile, "profile.updated": profile,
                               **dict.fromkeys(EDGE_EVENTS, edge)},
             "query-post": {"post.created": post, "post.edited": post,
                            "post.deleted": Apply(self.on_post_deleted,
-                                                 before=self.unindex_post),
+                                                 before=self.unindex_post,
+                                                 after=self.forget_homes),
                            "post.liked": like, "post.unliked": like},
         }
+
+    def _touch(self, envelope: Envelope, user_ids: Any) -> None:
+        self._touched.setdefault(envelope.id, set()).update(user_ids)
+
+    async def forget_homes(self, envelope: Envelope) -> None:
+        """Drop the cached home pages the event changed (after its unit committed)."""
+        user_ids = self._touched.pop(envelope.id, None)
+        if user_ids and self.home_cache is not None:
+            await self.home_cache.forget(*user_ids)
 
     def all_handlers(self) -> dict[str, Apply]:
         merged: dict[str, Apply] = {}
@@ -252,6 +269,7 @@ class Projector:
                                       "changed_by": envelope.id})
         if row.active == active:
             return
+        self._touch(envelope, {source, target} if kind == "block" else {source})
         if kind == "follow":
             self._follow_changed(conn, source, target, active)
         elif kind == "block" and active:
@@ -308,8 +326,9 @@ class Projector:
             values["fanned_out"] = (followers or 0) < self.fanout_threshold
         set_values(conn, posts, {"id": state.post_id}, values)
         if row.seq == 0:
-            self._went_live(conn, state, values["fanned_out"])
+            self._touch(envelope, self._went_live(conn, state, values["fanned_out"]))
         else:
+            self._touch(envelope, conn.execute(_HOLDERS, {"post_id": state.post_id}).scalars())
             for table in (post_tags, post_mentions):
                 conn.execute(_DELETE_FOR_POST[table.name], {"post_id": state.post_id})
         if state.hashtags:
@@ -320,9 +339,10 @@ class Projector:
                                                   for name in state.mentions])
 
     def _went_live(self, conn: Connection, state: post_events.PostState,
-                   fanned_out: bool) -> None:
+                   fanned_out: bool) -> set[str]:
         """Count the new post and fan it out to its author's and followers' home timelines
-        (direct posts reach the people they mention at read time)."""
+        (direct posts reach the people they mention at read time); returns whose home
+        timelines changed."""
         bump(conn, state.author_id, "posts_count", 1)
         if state.reply_to:
             bump_post(conn, state.reply_to, "reply_count", 1)
@@ -333,6 +353,9 @@ class Projector:
             {"user_id": user_id, "post_id": state.post_id, "author_id": state.author_id}
             for user_id in user_ids])
         self.grown.update(user_ids)
+        if state.visibility == "direct" and state.mentions:
+            user_ids.update(conn.execute(_NAMED, {"names": state.mentions}).scalars())
+        return user_ids
 
     def on_post_deleted(self, conn: Connection, envelope: Envelope) -> None:
         data = post_events.PostDeleted.model_validate(envelope.data)
@@ -342,6 +365,7 @@ class Projector:
         set_values(conn, posts, {"id": data.post_id}, {
             **TOMBSTONE, "author_id": data.author_id, "reply_to": data.reply_to,
             "seq": data.seq})
+        self._touch(envelope, conn.execute(_HOLDERS, {"post_id": data.post_id}).scalars())
         if row.seq > 0 and not row.deleted:
             bump(conn, data.author_id, "posts_count", -1)
             if row.reply_to:
@@ -357,5 +381,6 @@ class Projector:
         if row.seq >= data.seq:
             return
         set_values(conn, likes, key, {"active": active, "seq": data.seq})
+        self._touch(envelope, {data.user_id})
         if row.active != active:
             bump_post(conn, data.post_id, "like_count", 1 if active else -1)

@@ -13,6 +13,9 @@ class QuerySettings(ServiceSettings):
     timeline_trim_interval_s: float = 30.0
     fanout_threshold: int = 10_000  # authors with this many followers are merged at read time
     follow_backfill: int = 40  # recent posts copied into a new follower's home timeline
+    # First pages of home timelines are cached in Redis, dropped when the reader's timeline
+    # changes; like counts and merged-in popular authors may lag by up to this long.
+    home_cache_ttl_s: int = 5
     archive_bucket: str = "asyncsns-events-archive"
     archive_queues: tuple[str, ...] = ()  # queues carrying every event, to archive in S3
     archive_batch: int = 100

@@ -56,6 +56,14 @@ async def _during(blocking, probe):
     return await asyncio.gather(asyncio.to_thread(blocking), probe)
 
 
+def _settle(base_url: str, users: list[tuple[str, str]]) -> None:
+    """Wait for the read side to work through a write scenario's events before the next
+    scenario, and say how long that took."""
+    caught_up = asyncio.run(settle(base_url, users[0], users[1]))
+    print(f"{'read side caught up after':<34} "
+          + (f"{caught_up:.1f} s" if caught_up is not None else "more than 300 s"))
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -89,9 +97,7 @@ def main() -> None:
                 print(f"{result.line()}   ({target})")
                 for line in lag.lines():
                     print(line)
-                caught_up = asyncio.run(settle(base_url, users[0], users[1]))
-                print(f"{'read side caught up after':<34} "
-                      + (f"{caught_up:.1f} s" if caught_up is not None else "more than 300 s"))
+                _settle(base_url, users)
                 continue
             if mode == "lag":
                 lag = asyncio.run(measure(base_url, users[0], users[1], args.duration))
@@ -101,6 +107,8 @@ def main() -> None:
             result = run_wrk(name, base_url, users, mode, connections=args.connections,
                              duration_s=args.duration)
             print(f"{result.line()}   ({target})")
+            if mode == "follow":
+                _settle(base_url, users)
 
     if args.url:
         scenarios(args.url.rstrip("/"))

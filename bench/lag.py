@@ -82,6 +82,8 @@ async def settle(base_url: str, author: tuple[str, str], reader: tuple[str, str]
     as_author = {"Authorization": f"Bearer {author[0]}"}
     as_reader = {"Authorization": f"Bearer {reader[0]}"}
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        follow = await http.put(f"/api/profiles/{author[1]}/follow", headers=as_reader)
+        follow.raise_for_status()
         created = await http.post("/api/posts", headers=as_author, json={"text": "settle"})
         created.raise_for_status()
         started = time.perf_counter()

@@ -60,7 +60,7 @@ def _settle(base_url: str, users: list[tuple[str, str]]) -> None:
     """Wait for the read side to work through a write scenario's events before the next
     scenario, and say how long that took."""
     caught_up = asyncio.run(settle(base_url, users[0], users[1]))
-    print(f"{'read side caught up after':<34} "
+    print(f"{'next post in a home timeline after':<34} "
           + (f"{caught_up:.1f} s" if caught_up is not None else "more than 300 s"))
 
 

@@ -1,5 +1,6 @@
 """Bad input and bad callers get a 4xx problem naming what is wrong, never a 500."""
 
+import asyncio
 import json
 
 import pytest
@@ -108,6 +109,17 @@ async def test_a_repeated_idempotency_key_returns_the_first_post(client, user, e
     assert len(await rows("posts", author_id=alice.id)) == 1
     published = await events.drain(1)
     assert [e["data"]["post_id"] for e in published] == [first.json()["id"]]
+
+
+async def test_concurrent_repeats_of_one_idempotency_key_create_one_post(client, user, rows):
+    alice = await user()
+    headers = alice.headers | {"Idempotency-Key": "create-race"}
+    responses = await asyncio.gather(*(
+        client.post("/api/posts", json={"text": "at once"}, headers=headers) for _ in range(6)))
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert len(await rows("posts", author_id=alice.id)) == 1
+    assert len(await rows("outbox")) == 1
 
 
 async def test_an_idempotency_key_reused_for_another_post_is_422(client, user, rows):

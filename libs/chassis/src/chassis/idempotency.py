@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Header
 from sqlalchemy import MetaData, insert, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from .db import Database, utcnow
@@ -46,6 +47,39 @@ async def once(db: Database, metadata: MetaData, *, scope: str, key: str | None,
     if stored is None or stored.request_hash != digest:
         raise invalid("Idempotency-Key", "was used before with a different request")
     return stored.response
+
+
+async def once_in_unit(db: Database, metadata: MetaData, *, scope: str, key: str | None,
+                       request: Any, create: Callable[[Connection], dict[str, Any]],
+                       ) -> dict[str, Any]:
+    """`once` for a synchronous unit of work: the key is claimed in the same transaction as
+    the change, so two concurrent requests with one key cannot both act — the second waits
+    on the key's row (or SQLite's single writer), fails, rolls back, and returns the first's
+    result."""
+    if key is None:
+        return await db.run(create)
+    table = metadata.tables["idempotency_keys"]
+    digest = fingerprint(request)
+    where = (table.c.scope == scope, table.c.key == key)
+
+    def unit(conn: Connection) -> Any:
+        stored = conn.execute(select(table.c.request_hash, table.c.response).where(*where)).first()
+        if stored is not None:
+            return stored
+        result = create(conn)
+        conn.execute(insert(table).values(scope=scope, key=key, request_hash=digest,
+                                          response=result, created_at=utcnow()))
+        return None, result
+
+    try:
+        request_hash, response = await db.run(unit)
+    except IntegrityError:
+        request_hash, response = await db.run(
+            lambda conn: conn.execute(select(table.c.request_hash, table.c.response)
+                                      .where(*where)).one())
+    if request_hash is not None and request_hash != digest:
+        raise invalid("Idempotency-Key", "was used before with a different request")
+    return response
 
 
 async def _stored(db: Database, table: Any, scope: str, key: str) -> Any:

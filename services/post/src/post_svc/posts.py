@@ -7,10 +7,11 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, Field
+from sqlalchemy.engine import Connection
 
 from chassis.auth import CurrentUser
 from chassis.db import DatabaseDep
-from chassis.idempotency import IdempotencyKey, once
+from chassis.idempotency import IdempotencyKey, once_in_unit
 
 from . import commands, domain
 from .events import Visibility
@@ -74,13 +75,13 @@ async def create_post(body: NewPost, user: CurrentUser, db: DatabaseDep, limits:
                          media_ids=body.media_ids, content_warning_text=body.content_warning,
                          limits=limits)
 
-    async def create() -> dict[str, Any]:
-        return commands.view(await db.run(functools.partial(
-            commands.create_post, author_id=user.id, author_username=user.username,
-            draft=draft)))
+    def create(conn: Connection) -> dict[str, Any]:
+        return commands.view(commands.create_post(conn, author_id=user.id,
+                                                  author_username=user.username, draft=draft))
 
-    view = await once(db, Base.metadata, scope=f"post:create:{user.id}", key=idempotency_key,
-                      request=body.model_dump(mode="json"), create=create)
+    view = await once_in_unit(db, Base.metadata, scope=f"post:create:{user.id}",
+                              key=idempotency_key, request=body.model_dump(mode="json"),
+                              create=create)
     return _json(view, 201)
 
 

@@ -75,7 +75,8 @@ def graph(moto_endpoint: str, names: str) -> GraphFeed:
     sns, sqs = aws_client("sns", moto_endpoint), aws_client("sqs", moto_endpoint)
     topic = sns.create_topic(Name=f"{names}profile-events")["TopicArn"]
     url = subscribe_queue(sns, sqs, topic, names + GRAPH_QUEUE,
-                          ["graph.blocked", "graph.unblocked"])
+                          ["graph.blocked", "graph.unblocked", "graph.followed",
+                           "graph.unfollowed"])
     return GraphFeed(sns, sqs, topic, url)
 
 

@@ -85,3 +85,33 @@ async def test_a_block_older_than_the_unblock_it_crossed_is_ignored(
     [row] = await rows("blocks", blocker_id=alice.id, blocked_id=bob.id)
     assert row["blocked"] is False
     assert (await reply(client, bob, parent)).status_code == 201
+
+
+async def test_followers_only_posts_take_replies_and_likes_from_followers(
+        client, user, graph):
+    alice, bob = await user("alice"), await user("bob")
+    created = await client.post("/api/posts", json={"text": "friends only",
+                                                    "visibility": "followers"},
+                                headers=alice.headers)
+    parent = created.json()
+    body = assert_problem(await reply(client, bob, parent), 422)
+    assert body["errors"][0]["field"] == "reply_to", "a post you may not see is unknown"
+    assert_problem(await client.put(f"/api/posts/{parent['id']}/like", headers=bob.headers),
+                   404)
+    await graph.publish(graph_event(profile_events.Followed, bob, alice))
+    await replies_are(client, bob, parent, 201)
+    assert (await client.put(f"/api/posts/{parent['id']}/like",
+                             headers=bob.headers)).status_code == 204
+    await graph.publish(graph_event(profile_events.Unfollowed, bob, alice))
+    await replies_are(client, bob, parent, 422)
+
+
+async def test_direct_posts_take_replies_from_the_mentioned_only(client, user):
+    alice, bob, carol = await user("alice"), await user("bob"), await user("carol")
+    created = await client.post("/api/posts", json={"text": f"hi @{bob.username}",
+                                                    "visibility": "direct"},
+                                headers=alice.headers)
+    parent = created.json()
+    assert (await reply(client, bob, parent)).status_code == 201
+    assert_problem(await reply(client, carol, parent), 422)
+    assert (await reply(client, alice, parent)).status_code == 201

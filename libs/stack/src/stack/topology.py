@@ -102,7 +102,8 @@ TOPOLOGY = Topology(
             port=8102,
             routes=("/api/posts", "/api/media/"),
             subscriptions=(
-                Subscription("post-graph", "profile", ("graph.blocked", "graph.unblocked")),
+                Subscription("post-graph", "profile", (
+                    "graph.blocked", "graph.unblocked", "graph.followed", "graph.unfollowed")),
             ),
         ),
         Service(

@@ -1,8 +1,9 @@
-"""Who blocked whom, copied from the profile service's graph.blocked / graph.unblocked events.
+"""Who blocked and who follows whom, copied from the profile service's graph events.
 
 The post service needs blocks to refuse replies and likes from someone the author blocked,
-and keeps its own copy rather than asking the profile service. Each event applies only if
-it is newer than what the row holds, so redelivered and reordered events agree on the end.
+and follows to keep followers-only posts to followers; it keeps its own copy rather than
+asking the profile service. Each event applies only if it is newer than what the row holds,
+so redelivered and reordered events agree on the end.
 """
 
 from datetime import datetime
@@ -14,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.events import Envelope
 
-from .models import Block
+from .models import Block, Follow
 
-_BLOCKS = Block.__table__
+_BLOCKS, _FOLLOWS = Block.__table__, Follow.__table__
 
 
 class EdgeChanged(BaseModel):
@@ -29,32 +30,49 @@ class EdgeChanged(BaseModel):
     target_id: str
 
 
-def _newer_wins(insert: Any) -> Any:
+def _newer_wins(insert: Any, table: Any, state: str) -> Any:
     """Insert the pair's state, or overwrite it only with a later one."""
-    statement = insert(_BLOCKS)
+    statement = insert(table)
     return statement.on_conflict_do_update(
-        index_elements=[_BLOCKS.c.blocker_id, _BLOCKS.c.blocked_id],
-        set_={"blocked": statement.excluded.blocked,
-              "changed_at": statement.excluded.changed_at},
-        where=_BLOCKS.c.changed_at < statement.excluded.changed_at)
+        index_elements=list(table.primary_key.columns),
+        set_={state: statement.excluded[state], "changed_at": statement.excluded.changed_at},
+        where=table.c.changed_at < statement.excluded.changed_at)
 
 
-_UPSERT = {"sqlite": _newer_wins(sqlite.insert), "postgresql": _newer_wins(postgresql.insert)}
+# edge kind -> (its columns: actor, target, state) and its upsert per dialect
+_EDGES = {
+    "block": (("blocker_id", "blocked_id", "blocked"), {
+        "sqlite": _newer_wins(sqlite.insert, _BLOCKS, "blocked"),
+        "postgresql": _newer_wins(postgresql.insert, _BLOCKS, "blocked")}),
+    "follow": (("follower_id", "followee_id", "following"), {
+        "sqlite": _newer_wins(sqlite.insert, _FOLLOWS, "following"),
+        "postgresql": _newer_wins(postgresql.insert, _FOLLOWS, "following")}),
+}
 
 
-async def _record(session: AsyncSession, envelope: Envelope, *, blocked: bool) -> None:
+async def _record(session: AsyncSession, envelope: Envelope, kind: str, on: bool) -> None:
     edge = EdgeChanged.model_validate(envelope.data)
     changed_at: datetime = envelope.occurred_at
-    await session.execute(_UPSERT[session.get_bind().dialect.name], {
-        "blocker_id": edge.actor_id, "blocked_id": edge.target_id, "blocked": blocked,
-        "changed_at": changed_at})
+    (actor, target, state), upserts = _EDGES[kind]
+    await session.execute(upserts[session.get_bind().dialect.name], {
+        actor: edge.actor_id, target: edge.target_id, state: on, "changed_at": changed_at})
 
 
 async def on_blocked(session: AsyncSession, envelope: Envelope) -> None:
     """graph.blocked: the actor's posts take no replies or likes from the target."""
-    await _record(session, envelope, blocked=True)
+    await _record(session, envelope, "block", True)
 
 
 async def on_unblocked(session: AsyncSession, envelope: Envelope) -> None:
     """graph.unblocked: the target may reply to and like the actor's posts again."""
-    await _record(session, envelope, blocked=False)
+    await _record(session, envelope, "block", False)
+
+
+async def on_followed(session: AsyncSession, envelope: Envelope) -> None:
+    """graph.followed: the actor may reply to and like the target's followers-only posts."""
+    await _record(session, envelope, "follow", True)
+
+
+async def on_unfollowed(session: AsyncSession, envelope: Envelope) -> None:
+    """graph.unfollowed: no longer."""
+    await _record(session, envelope, "follow", False)

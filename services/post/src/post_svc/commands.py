@@ -19,24 +19,30 @@ from chassis.outbox import stage_event
 from chassis.problems import invalid, not_found
 
 from . import events
-from .domain import Draft, Revision, check_author, check_not_blocked
-from .models import Base, Block, Like, Post, PostVersion
+from .domain import Draft, Revision, can_see, check_author, check_not_blocked
+from .models import Base, Block, Follow, Like, Post, PostVersion
 
 OUTBOX = Base.metadata.tables["outbox"]
 
 # Statements are built once: building SQLAlchemy expressions per request costs more CPU than
 # running them, and table-level (Core) statements skip the ORM's session bookkeeping.
-_POSTS, _VERSIONS, _LIKES, _BLOCKS = (m.__table__ for m in (Post, PostVersion, Like, Block))
+_POSTS, _VERSIONS, _LIKES, _BLOCKS, _FOLLOWS = (
+    m.__table__ for m in (Post, PostVersion, Like, Block, Follow))
 _ID, _USER = bindparam("id"), bindparam("user")
 _BLOCKED_BY_AUTHOR: Exists = exists().where(
     _BLOCKS.c.blocker_id == _POSTS.c.author_id, _BLOCKS.c.blocked_id == _USER,
     _BLOCKS.c.blocked)
-_CURRENT = select(_POSTS, _BLOCKED_BY_AUTHOR.label("blocked_by_author")).where(_POSTS.c.id == _ID)
+_FOLLOWS_AUTHOR: Exists = exists().where(
+    _FOLLOWS.c.follower_id == _USER, _FOLLOWS.c.followee_id == _POSTS.c.author_id,
+    _FOLLOWS.c.following)
+_CURRENT = select(_POSTS, _BLOCKED_BY_AUTHOR.label("blocked_by_author"),
+                  _FOLLOWS_AUTHOR.label("follows_author")).where(_POSTS.c.id == _ID)
 # FOR NO KEY UPDATE: changes to one post queue up; replies' FOR SHARE on a parent waits too.
 _FOR_CHANGE = _CURRENT.with_for_update(key_share=True)
 # FOR SHARE: the parent cannot be deleted between this check and the reply's commit.
-_PARENT = (select(_POSTS.c.author_id, _POSTS.c.deleted_at,
-                  _BLOCKED_BY_AUTHOR.label("blocked_by_author"))
+_PARENT = (select(_POSTS.c.author_id, _POSTS.c.deleted_at, _POSTS.c.visibility,
+                  _POSTS.c.mentions, _BLOCKED_BY_AUTHOR.label("blocked_by_author"),
+                  _FOLLOWS_AUTHOR.label("follows_author"))
            .where(_POSTS.c.id == _ID).with_for_update(read=True))
 _INSERT_POST = insert(_POSTS)
 _INSERT_VERSION = insert(_VERSIONS)
@@ -52,7 +58,8 @@ _STATE_COLUMNS = [name for name in events.PostState.model_fields if name != "pos
 def create_post(conn: Connection, *, author_id: str, author_username: str,
                 draft: Draft) -> dict[str, Any]:
     """Publish a post (or a reply); returns its state."""
-    reply_to_author_id = _parent_author(conn, draft.reply_to, author_id) if draft.reply_to else None
+    reply_to_author_id = (_parent_author(conn, draft.reply_to, author_id, author_username)
+                          if draft.reply_to else None)
     state = {
         "post_id": str(ULID()), "author_id": author_id, "author_username": author_username,
         "text": draft.body.text, "visibility": draft.visibility, "reply_to": draft.reply_to,
@@ -108,9 +115,12 @@ def delete_post(conn: Connection, *, post_id: str, caller: str) -> None:
           post_id, caller)
 
 
-def like_post(conn: Connection, *, post_id: str, caller: str) -> None:
-    """`caller` likes the post; liking it again changes nothing."""
+def like_post(conn: Connection, *, post_id: str, caller: str, caller_username: str) -> None:
+    """`caller` likes the post; liking it again changes nothing. A post they may not see
+    answers 404."""
     post = _for_change(conn, post_id, caller)
+    if not _visible(post, caller, caller_username):
+        raise not_found("post")
     check_not_blocked(post.blocked_by_author, "like it")
     added = conn.execute(_INSERT_LIKE[conn.dialect.name],
                          {"post_id": post_id, "user_id": caller, "created_at": utcnow()})
@@ -140,10 +150,19 @@ def view(state: dict[str, Any]) -> dict[str, Any]:
             "edited_at": _rfc3339(state["edited_at"])}
 
 
-def _parent_author(conn: Connection, reply_to: str, caller: str) -> str:
-    """The author of the post replied to; it must exist and its author must not block us."""
+def _visible(post: Row[Any], caller: str, caller_username: str) -> bool:
+    return can_see(visibility=post.visibility, author_id=post.author_id,
+                   mentions=post.mentions, caller=caller, caller_username=caller_username,
+                   follows_author=bool(post.follows_author))
+
+
+def _parent_author(conn: Connection, reply_to: str, caller: str, caller_username: str) -> str:
+    """The author of the post replied to: it must exist, the caller must be allowed to see
+    it (a post they may not see is as unknown as one that does not exist), and its author
+    must not block them."""
     parent = conn.execute(_PARENT, {"id": reply_to, "user": caller}).first()
-    if parent is None or parent.deleted_at is not None:
+    if (parent is None or parent.deleted_at is not None
+            or not _visible(parent, caller, caller_username)):
         raise invalid("reply_to", "no such post")
     check_not_blocked(parent.blocked_by_author, "reply to it")
     return parent.author_id

@@ -114,6 +114,15 @@ def check_not_blocked(blocked_by_author: bool, what: str) -> None:
         raise PostRuleBroken(403, f"the author of this post has blocked you; you cannot {what}")
 
 
+def can_see(*, visibility: str, author_id: str, mentions: list[str], caller: str,
+            caller_username: str, follows_author: bool) -> bool:
+    """Whether the caller may see (and so reply to or like) a post: public posts, their
+    own, followers-only posts of people they follow, direct posts that mention them."""
+    return (visibility == "public" or author_id == caller
+            or (visibility == "followers" and follows_author)
+            or (visibility == "direct" and caller_username.lower() in mentions))
+
+
 def _storable(value: str, field: str) -> str:
     if _UNSTORABLE.search(value):
         raise PostRuleBroken(422, "contains a NUL character or an unpaired surrogate", field)

@@ -28,7 +28,9 @@ def build_app(settings: PostSettings | None = None) -> FastAPI:
     app = create_app(settings, ServiceSpec(
         name="post", metadata=Base.metadata, routers=[posts.router],
         consumers={GRAPH_QUEUE: {"graph.blocked": blocks.on_blocked,
-                                 "graph.unblocked": blocks.on_unblocked}},
+                                 "graph.unblocked": blocks.on_unblocked,
+                                 "graph.followed": blocks.on_followed,
+                                 "graph.unfollowed": blocks.on_unfollowed}},
         description="Posts and replies: create, edit with history, delete, like."))
     app.state.limits = Limits(text_max=settings.post_text_max,
                               content_warning_max=settings.content_warning_max,

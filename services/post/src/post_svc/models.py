@@ -72,3 +72,16 @@ class Block(Base):
     blocked_id: Mapped[str] = mapped_column(USER_ID, primary_key=True)
     blocked: Mapped[bool]
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Follow(Base):
+    """The profile service's follows, as its events told us (`following` false after an
+    unfollow; the row stays so that `changed_at` turns away older events delivered late).
+    Followers-only posts take replies and likes from followers only."""
+
+    __tablename__ = "follows"
+
+    follower_id: Mapped[str] = mapped_column(USER_ID, primary_key=True)
+    followee_id: Mapped[str] = mapped_column(USER_ID, primary_key=True)
+    following: Mapped[bool]
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -106,7 +106,8 @@ async def delete_post(post_id: PostId, user: CurrentUser, db: DatabaseDep) -> Re
 @router.put("/{post_id}/like", status_code=204, response_class=Response)
 async def like_post(post_id: PostId, user: CurrentUser, db: DatabaseDep) -> Response:
     """Like a post (repeating it changes nothing)."""
-    await db.run(functools.partial(commands.like_post, post_id=post_id, caller=user.id))
+    await db.run(functools.partial(commands.like_post, post_id=post_id, caller=user.id,
+                                   caller_username=user.username))
     return Response(status_code=204)
 
 

@@ -14,9 +14,11 @@ import asyncio
 import functools
 import socket
 import uuid
+from pathlib import Path
 
 import httpx
 
+from .drain import wait_drained
 from .lag import measure, settle
 from .load import run_wrk
 from .stack import embedded_stack
@@ -56,12 +58,17 @@ async def _during(blocking, probe):
     return await asyncio.gather(asyncio.to_thread(blocking), probe)
 
 
-def _settle(base_url: str, users: list[tuple[str, str]]) -> None:
-    """Wait for the read side to work through a write scenario's events before the next
-    scenario, and say how long that took."""
-    caught_up = asyncio.run(settle(base_url, users[0], users[1]))
-    print(f"{'next post in a home timeline after':<34} "
-          + (f"{caught_up:.1f} s" if caught_up is not None else "more than 300 s"))
+def _settle(base_url: str, users: list[tuple[str, str]], data_dir: Path | None) -> None:
+    """Wait for a write scenario's events to be worked through before the next scenario,
+    and say how long that took: on the embedded stack until every outbox and queue is
+    empty, elsewhere until a new post reaches a follower's home timeline."""
+    if data_dir is not None:
+        drained = wait_drained(data_dir)
+        label = "every event through after"
+    else:
+        drained = asyncio.run(settle(base_url, users[0], users[1]))
+        label = "next post in a home timeline after"
+    print(f"{label:<34} " + (f"{drained:.1f} s" if drained is not None else "more than 300 s"))
 
 
 def _free_port() -> int:
@@ -81,7 +88,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="scenarios to run: lag me follow post home")
     args = parser.parse_args()
 
-    def scenarios(base_url: str) -> None:
+    def scenarios(base_url: str, data_dir: Path | None = None) -> None:
         users = asyncio.run(_sign_up(base_url, args.users))
         print(f"stack {base_url}, {len(users)} users, {args.connections} concurrent clients, "
               f"{args.duration} s each")
@@ -97,7 +104,7 @@ def main() -> None:
                 print(f"{result.line()}   ({target})")
                 for line in lag.lines():
                     print(line)
-                _settle(base_url, users)
+                _settle(base_url, users, data_dir)
                 continue
             if mode == "lag":
                 lag = asyncio.run(measure(base_url, users[0], users[1], args.duration))
@@ -108,13 +115,13 @@ def main() -> None:
                              duration_s=args.duration)
             print(f"{result.line()}   ({target})")
             if mode == "follow":
-                _settle(base_url, users)
+                _settle(base_url, users, data_dir)
 
     if args.url:
         scenarios(args.url.rstrip("/"))
     else:
-        with embedded_stack(_free_port(), args.replicas) as base_url:
-            scenarios(base_url)
+        with embedded_stack(_free_port(), args.replicas) as (base_url, data_dir):
+            scenarios(base_url, data_dir)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 
@@ -23,8 +24,9 @@ def wait_healthy(base_url: str, timeout_s: float = 120.0) -> None:
 
 
 @contextlib.contextmanager
-def embedded_stack(port: int, replicas: str | None) -> Iterator[str]:
-    """Run `python -m stack.launcher up` in a fresh data dir; stop it afterwards."""
+def embedded_stack(port: int, replicas: str | None) -> Iterator[tuple[str, Path]]:
+    """Run `python -m stack.launcher up` in a fresh data dir; stop it afterwards. Yields the
+    gateway's URL and the data dir."""
     data_dir = tempfile.mkdtemp(prefix="asyncsns-bench-")
     command = [sys.executable, "-m", "stack.launcher", "up", "--port", str(port),
                "--data-dir", data_dir]
@@ -35,7 +37,7 @@ def embedded_stack(port: int, replicas: str | None) -> Iterator[str]:
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(base_url)
-        yield base_url
+        yield base_url, Path(data_dir)
     finally:
         os.killpg(process.pid, signal.SIGINT)
         try:

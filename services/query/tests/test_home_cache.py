@@ -1,0 +1,42 @@
+"""The home page cache on a real redis-server: a change is never hidden by a racing read."""
+
+import uuid
+
+from redis.asyncio import Redis
+
+from query_svc.home_cache import HomeCache
+
+
+async def test_a_change_is_seen_even_when_a_read_raced_it(redis_url):
+    redis = Redis.from_url(redis_url)
+    cache = HomeCache(redis, ttl_s=60)
+    user = f"u-{uuid.uuid4().hex}"
+    loads = []
+
+    async def load(body: bytes):
+        loads.append(body)
+        return body
+
+    assert await cache.page(user, lambda: load(b"v1")) == b"v1"
+    assert await cache.page(user, lambda: load(b"unused")) == b"v1", "served from the cache"
+
+    async def racing_load() -> bytes:
+        # The timeline changes while this read is building its page from older data.
+        await cache.changed([user])
+        return await load(b"built before the change")
+
+    await cache.changed([user])
+    assert await cache.page(user, racing_load) == b"built before the change"
+    assert await cache.page(user, lambda: load(b"v3")) == b"v3", "the raced page is not served"
+    assert loads == [b"v1", b"built before the change", b"v3"]
+    await redis.aclose()
+
+
+async def test_without_redis_every_read_loads():
+    cache = HomeCache(None, ttl_s=60)
+
+    async def load() -> bytes:
+        return b"fresh"
+
+    assert await cache.page("anyone", load) == b"fresh"
+    await cache.changed(["anyone"])

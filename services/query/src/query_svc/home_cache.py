@@ -1,8 +1,9 @@
 """The first page of each reader's home timeline, cached in Redis.
 
-A page is stored under the reader's current generation; a change to the reader's timeline
-bumps the generation. A read that raced a change may store a page built before it, but under
-the old generation, where nothing looks any more — so no stale page outlives a change. Pages
+A page is stored with the reader's generation at the time it was built; a change to the
+reader's timeline bumps the generation, and a page of an older generation is never served.
+A read that raced a change may store a page built before it, but marked with the old
+generation — so no stale page outlives a change. One MGET reads both. Pages
 also expire after a few seconds, which bounds how long like counts and posts merged at read
 time (popular authors) can lag. Redis trouble degrades to uncached reads.
 """
@@ -24,22 +25,22 @@ class HomeCache:
         self._ttl = ttl_s
 
     async def page(self, user_id: str, load: Callable[[], Awaitable[bytes]]) -> bytes:
-        """The cached first page, or `load()`'s (then stored under the generation read
-        before loading)."""
+        """The cached first page if it is of the current generation, else `load()`'s (then
+        stored, marked with the generation read before loading)."""
         if self._redis is None:
             return await load()
         try:
-            generation = await self._redis.get(f"{PREFIX}gen:{user_id}") or b"0"
-            key = f"{PREFIX}page:{user_id}:{generation.decode()}"
-            cached = await self._redis.get(key)
+            generation, cached = await self._redis.mget(f"{PREFIX}gen:{user_id}",
+                                                        f"{PREFIX}page:{user_id}")
         except RedisError:
             log.warning("home cache read failed; reading through", exc_info=True)
             return await load()
-        if cached is not None:
-            return cached
+        stamp = (generation or b"0") + b"\n"
+        if cached is not None and cached.startswith(stamp):
+            return cached[len(stamp):]
         body = await load()
         try:
-            await self._redis.set(key, body, ex=self._ttl)
+            await self._redis.set(f"{PREFIX}page:{user_id}", stamp + body, ex=self._ttl)
         except RedisError:
             log.warning("home cache write failed", exc_info=True)
         return body

@@ -9,7 +9,7 @@ import pytest
 
 from chassis.events import catalog_schema
 from post_svc import events as post_events
-from post_svc.blocks import EdgeChanged
+from post_svc.graph import EdgeChanged
 
 CATALOG = Path(__file__).parents[3] / "docs" / "event-catalog.json"
 POST_SCHEMAS = catalog_schema(producer=post_events.PRODUCER)

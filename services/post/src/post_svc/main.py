@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse
 from chassis.app import ServiceSpec, create_app
 from chassis.problems import Problem, invalid, problem_response
 
-from . import blocks, posts
+from . import graph, posts
 from .domain import Limits, PostRuleBroken
 from .models import Base
 from .settings import PostSettings
@@ -27,10 +27,7 @@ def build_app(settings: PostSettings | None = None) -> FastAPI:
     settings = settings or PostSettings()
     app = create_app(settings, ServiceSpec(
         name="post", metadata=Base.metadata, routers=[posts.router],
-        consumers={GRAPH_QUEUE: {"graph.blocked": blocks.on_blocked,
-                                 "graph.unblocked": blocks.on_unblocked,
-                                 "graph.followed": blocks.on_followed,
-                                 "graph.unfollowed": blocks.on_unfollowed}},
+        consumers={GRAPH_QUEUE: graph.HANDLERS},
         description="Posts and replies: create, edit with history, delete, like."))
     app.state.limits = Limits(text_max=settings.post_text_max,
                               content_warning_max=settings.content_warning_max,

@@ -1,4 +1,5 @@
-"""The post service's tables: posts, their earlier versions, likes, and a copy of blocks."""
+"""The post service's tables: posts, their earlier versions, likes, and a copy of the
+social graph (blocks and follows)."""
 
 from datetime import datetime
 

@@ -76,3 +76,7 @@ async def on_followed(session: AsyncSession, envelope: Envelope) -> None:
 async def on_unfollowed(session: AsyncSession, envelope: Envelope) -> None:
     """graph.unfollowed: no longer."""
     await _record(session, envelope, "follow", False)
+
+
+HANDLERS = {"graph.blocked": on_blocked, "graph.unblocked": on_unblocked,
+            "graph.followed": on_followed, "graph.unfollowed": on_unfollowed}

@@ -1,5 +1,6 @@
-"""Blocks arrive as the profile service's graph events, through the real post-graph queue,
-and keep someone the author blocked from replying to or liking the author's posts."""
+"""Blocks and follows arrive as the profile service's graph events, through the real
+post-graph queue: someone the author blocked may not reply to or like the author's posts,
+and only followers may reply to or like followers-only posts."""
 
 from datetime import timedelta
 

@@ -9,12 +9,12 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.auth import CurrentUser
+from chassis.cache import ViewCache
 from chassis.db import DatabaseDep
 from chassis.pagination import Cursor, Limit, Page
 from chassis.problems import Problem, invalid, not_found
 from chassis.text import normalize_tag
 
-from .home_cache import HomeCache
 from .models import edges, post_mentions, post_tags, post_versions, posts, timeline, users
 from .search import SearchEngine
 from .views import (
@@ -118,9 +118,9 @@ async def home(request: Request, user: CurrentUser, db: DatabaseDep, limit: Limi
         return page.model_dump_json().encode()
 
     # The first page is what clients poll: it is cached until the reader's timeline changes.
-    cache: HomeCache | None = getattr(request.app.state, "home_cache", None)
+    cache: ViewCache | None = getattr(request.app.state, "home_cache", None)
     if cursor is None and limit == DEFAULT_LIMIT and cache is not None:
-        body = await cache.page(user.id, load)
+        body = await cache.get_or_load(user.id, load)
     else:
         body = await load()
     return Response(body, media_type="application/json")

@@ -5,10 +5,10 @@ import asyncio
 from fastapi import FastAPI
 
 from chassis.app import ServiceSpec, create_app
+from chassis.cache import ViewCache
 
 from . import api
 from .archive import Archiver
-from .home_cache import HomeCache
 from .models import metadata
 from .projections import Projector
 from .search.factory import engine_from_url
@@ -30,8 +30,8 @@ def build_app(settings: QuerySettings | None = None) -> FastAPI:
         stack.push_async_callback(engine.close)
         app.state.search = projector.search = engine
         projector.db = app.state.db
-        app.state.home_cache = projector.home_cache = HomeCache(
-            app.state.redis, ttl_s=settings.home_cache_ttl_s)
+        app.state.home_cache = projector.home_cache = ViewCache(
+            app.state.redis, prefix="query:home:v2:", ttl_s=settings.home_cache_ttl_s)
         app.state.tasks["timeline-trim"] = asyncio.create_task(keep_bounded(
             app.state.db, projector, settings.timeline_max, settings.timeline_trim_interval_s))
         if settings.archive_queues:

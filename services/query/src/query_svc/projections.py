@@ -14,13 +14,13 @@ from sqlalchemy import Table, and_, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from chassis.cache import ViewCache
 from chassis.consumer import Apply
 from chassis.db import Database
 from chassis.events import Envelope
 from post_svc import events as post_events
 from profile_svc import events as profile_events
 
-from .home_cache import HomeCache
 from .models import (
     edges,
     likes,
@@ -182,7 +182,7 @@ class Projector:
         self.fanout_threshold = fanout_threshold
         self.follow_backfill = follow_backfill
         self.grown: set[str] = set()  # home timelines written to since the last trim
-        self.home_cache: HomeCache | None = None  # set when the service starts
+        self.home_cache: ViewCache | None = None  # set when the service starts
         # Whose home timeline an event changed, noted by its unit and dropped from the cache
         # once the unit committed.
         self._touched: dict[str, set[str]] = {}
@@ -210,7 +210,7 @@ class Projector:
         """Drop the cached home pages the event changed (after its unit committed)."""
         user_ids = self._touched.pop(envelope.id, None)
         if user_ids and self.home_cache is not None:
-            await self.home_cache.changed(user_ids)
+            await self.home_cache.forget(*user_ids)
 
     def all_handlers(self) -> dict[str, Apply]:
         merged: dict[str, Apply] = {}

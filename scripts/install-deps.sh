@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the project needs beyond Python packages: uv, redis-server, nginx, and a
+# Installs what the project needs beyond Python packages: uv, redis-server, nginx, ffmpeg, wrk and a
 # PostgreSQL server when none answers on 127.0.0.1:5432. Safe to run again.
 set -euo pipefail
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need+=(postgresql)

@@ -1,8 +1,9 @@
-"""A post service wired to a real moto (Cognito, SNS, SQS) and a fresh database per test.
+"""A post service wired to a real moto (Cognito, SNS, SQS, S3) and a fresh database per test.
 
 Besides the app, each test gets a tap on the post topic (what the service published), a
 profile topic feeding the service's post-graph queue (to deliver graph events the way the
-profile service would), and real Cognito users.
+profile service would), its own uploads and media buckets with the uploads queue S3 notifies,
+and real Cognito users.
 """
 
 import asyncio
@@ -22,9 +23,12 @@ from chassis.testing import (
     subscribe_queue,
     wait_until,
 )
+from post_svc import media_worker
 from post_svc.main import GRAPH_QUEUE, build_app
 from post_svc.models import Base
 from post_svc.settings import PostSettings
+
+MEDIA_BASE_URL = "http://gateway.test/media"
 
 
 def by_seq(events: list[dict]) -> list[dict]:
@@ -80,13 +84,38 @@ def graph(moto_endpoint: str, names: str) -> GraphFeed:
     return GraphFeed(sns, sqs, topic, url)
 
 
+@dataclass
+class Storage:
+    """This test's buckets, and the uploads queue S3 tells about new originals."""
+
+    s3: Any
+    uploads: str
+    media: str
+    queue_url: str
+
+
 @pytest.fixture
-def settings(database_url, cognito, moto_endpoint, tap, graph, names) -> PostSettings:
+def storage(moto_endpoint: str, names: str) -> Storage:
+    s3, sqs = aws_client("s3", moto_endpoint), aws_client("sqs", moto_endpoint)
+    uploads, media = f"{names}uploads", f"{names}media"
+    for bucket in (uploads, media):
+        s3.create_bucket(Bucket=bucket)
+    url = sqs.create_queue(QueueName=names + media_worker.UPLOADS_QUEUE)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    s3.put_bucket_notification_configuration(Bucket=uploads, NotificationConfiguration={
+        "QueueConfigurations": [{"QueueArn": arn["Attributes"]["QueueArn"],
+                                 "Events": ["s3:ObjectCreated:*"]}]})
+    return Storage(s3, uploads, media, url)
+
+
+@pytest.fixture
+def settings(database_url, cognito, moto_endpoint, tap, graph, names, storage) -> PostSettings:
     return PostSettings(
         database_url=database_url, aws_endpoint_url=moto_endpoint, aws_access_key_id="testing",
         aws_secret_access_key="testing", events_topic_arn=tap[0], queue_prefix=names,
         consumer_wait_time_s=1, consumer_retry_base_s=0, outbox_poll_interval_s=0.1,
-        log_json=False, **cognito.env())
+        uploads_bucket=storage.uploads, media_bucket=storage.media,
+        media_base_url=MEDIA_BASE_URL, log_json=False, **cognito.env())
 
 
 @pytest.fixture
@@ -160,3 +189,25 @@ def post(client):
 
     return make
 
+
+
+@pytest.fixture
+def ready_media(client, app):
+    """Uploads of `author` settled ready the way the worker's last step settles them, for
+    tests about posts rather than processing (test_media runs the worker itself)."""
+
+    async def make(author: User, count: int = 1, kind: str = "image") -> list[str]:
+        content_type = {"image": "image/jpeg", "video": "video/mp4", "audio": "audio/mpeg"}[kind]
+        ids = []
+        for _ in range(count):
+            response = await client.post("/api/media", headers=author.headers,
+                                         json={"content_type": content_type, "size": 1000})
+            assert response.status_code == 201, response.text
+            media_id = response.json()["media_id"]
+            facts = {"width": 4, "height": 3, "variants": {"large": f"{MEDIA_BASE_URL}/x"}}
+            await app.state.db.run(lambda conn, m=media_id: (
+                media_worker.begin(conn, m), media_worker.settle(conn, m, facts=facts)))
+            ids.append(media_id)
+        return ids
+
+    return make

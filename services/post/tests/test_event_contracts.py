@@ -9,6 +9,7 @@ import pytest
 
 from chassis.events import catalog_schema
 from post_svc import events as post_events
+from post_svc import media_worker
 from post_svc.graph import EdgeChanged
 
 CATALOG = Path(__file__).parents[3] / "docs" / "event-catalog.json"
@@ -33,9 +34,15 @@ def test_the_graph_events_consumed_still_carry_the_fields_read(event_type):
     assert set(EdgeChanged.model_fields) <= set(schema["required"])
 
 
-async def test_every_published_event_matches_its_schema(client, user, post, events):
+async def test_every_published_event_matches_its_schema(client, app, user, post, events,
+                                                       ready_media):
     alice, bob = await user(), await user()
-    parent = await post(alice, "#hello @someone", content_warning="cw", media_ids=["m1"])
+    media_ids = await ready_media(alice)
+    failing = (await client.post("/api/media", headers=alice.headers,
+                                 json={"content_type": "image/png", "size": 10})).json()
+    await app.state.db.run(lambda conn: media_worker.settle(
+        conn, failing["media_id"], error="the bytes are not a PNG image"))
+    parent = await post(alice, "#hello @someone", content_warning="cw", media_ids=media_ids)
     await post(bob, "reply", reply_to=parent["id"], visibility="followers")
     path = f"/api/posts/{parent['id']}"
     await client.patch(path, json={"text": "edited", "content_warning": None},
@@ -43,7 +50,7 @@ async def test_every_published_event_matches_its_schema(client, user, post, even
     await client.put(f"{path}/like", headers=bob.headers)
     await client.delete(f"{path}/like", headers=bob.headers)
     await client.delete(path, headers=alice.headers)
-    published = await events.drain(6)
+    published = await events.drain(8)
     assert {e["type"] for e in published} == set(POST_SCHEMAS["events"])
     for event in published:
         jsonschema.validate(event, POST_SCHEMAS["envelope"])

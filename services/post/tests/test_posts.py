@@ -30,14 +30,17 @@ async def test_a_new_post_is_returned_and_published(client, user, events):
     assert data["hashtags"] == created["hashtags"] and data["content_warning"] == "food"
 
 
-async def test_a_reply_names_the_post_and_its_author(client, user, post, events):
+async def test_a_reply_names_the_post_and_its_author(client, user, post, events, ready_media):
     alice, bob = await user(), await user()
     parent = await post(alice, "question?")
+    media_ids = await ready_media(bob, 2)
     reply = await post(bob, "answer", reply_to=parent["id"], visibility="followers",
-                       media_ids=["m1", "m2"])
+                       media_ids=media_ids)
     assert reply["reply_to"] == parent["id"] and reply["visibility"] == "followers"
-    assert reply["media_ids"] == ["m1", "m2"]
-    published = {e["data"]["post_id"]: e["data"] for e in await events.drain(2)}
+    assert reply["media_ids"] == media_ids and reply["published"]
+    assert [m["media_id"] for m in reply["media"]] == media_ids
+    published = {e["data"]["post_id"]: e["data"] for e in await events.drain(4)
+                 if e["type"] == "post.created"}
     assert published[reply["id"]]["reply_to_author_id"] == alice.id
 
 

@@ -135,7 +135,7 @@ class World:
                            f"user:{actor.user_id}", actor.user_id)
 
     def post(self, author: User, text: str, *, visibility: str = "public",
-             reply_to: str | None = None, media_ids: list[str] | None = None,
+             reply_to: str | None = None, media: list[dict] | None = None,
              age: timedelta = timedelta(0)) -> Envelope:
         from ulid import ULID
 
@@ -145,7 +145,8 @@ class World:
             post_id=post_id, author_id=author.user_id, author_username=author.username,
             text=text, visibility=visibility, reply_to=reply_to,
             reply_to_author_id=self.posts[reply_to].author_id if reply_to else None,
-            media_ids=media_ids or [], hashtags=hashtags(text), mentions=mentions(text),
+            media_ids=[m["media_id"] for m in media or []], media=media or [],
+            hashtags=hashtags(text), mentions=mentions(text),
             version=1, seq=1, created_at=created)
         self.posts[post_id] = state
         self.seqs[post_id] = 1

@@ -209,3 +209,29 @@ async def test_bad_input_is_a_clear_4xx(client, make_user):
     assert_problem(await client.get("/api/search?q=", headers=user.headers), 422)
     assert_problem(await client.get("/api/search?q=" + "x" * 501, headers=user.headers), 422)
     assert_problem(await client.get("/api/timelines/tags/%23", headers=user.headers), 422)
+
+
+async def test_media_views_reach_post_views_timelines_and_search(client, bus, world, make_user):
+    alice, bob = await setup_users(bus, world, make_user, "alice", "bob")
+    bus.publish(world.edge(graph.Followed, bob, alice))
+    photo = {"media_id": "01JMEDIA0000000000000000AA", "kind": "image", "status": "ready",
+             "alt_text": "a bowl of ramen", "width": 1200, "height": 900, "blurhash": "LKO2?U%2",
+             "variants": {"thumb": "http://cdn.test/media/a/thumb.webp",
+                          "large": "http://cdn.test/media/a/large.webp"}}
+    with_photo = world.post(alice, "lunch with a photo", media=[photo])
+    plain = world.post(alice, "lunch without one")
+    bus.publish(with_photo, plain)
+    await eventually(client, "/api/timelines/home", bob, lambda b: len(b["items"]) == 2,
+                     "bob's home timeline has both posts")
+    home = (await client.get("/api/timelines/home", headers=bob.headers)).json()
+    by_id = {item["id"]: item for item in home["items"]}
+    [shown] = by_id[with_photo.data["post_id"]]["media"]
+    assert shown["alt_text"] == "a bowl of ramen" and shown["variants"] == photo["variants"]
+    assert (shown["width"], shown["height"], shown["status"]) == (1200, 900, "ready")
+    assert by_id[plain.data["post_id"]]["media"] == []
+    view = (await client.get(f"/api/posts/{with_photo.data['post_id']}",
+                             headers=bob.headers)).json()
+    assert view["media"][0]["media_id"] == photo["media_id"]
+    await eventually(client, "/api/search?q=lunch%20has:media", bob,
+                     lambda b: ids(b) == [with_photo.data["post_id"]],
+                     "has:media finds only the post with a photo")

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from sqlalchemy import MetaData
 
 from .auth import JWKSCache, TokenVerifier
-from .consumer import Consumer, Handler
+from .consumer import Consumer, Decode, Handler, envelope_of
 from .db import Database
 from .observability import ObservabilityMiddleware, configure_logging, watch_loop_lag
 from .outbox import OutboxRelay
@@ -37,6 +37,7 @@ class ServiceSpec:
     metadata: MetaData
     routers: list[APIRouter]
     consumers: dict[str, dict[str, Handler]] = field(default_factory=dict)
+    decoders: dict[str, Decode] = field(default_factory=dict)  # queue -> non-event messages
     on_startup: Hook | None = None
     on_shutdown: Hook | None = None
     description: str = ""
@@ -117,7 +118,9 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
                 wait_time_s=settings.consumer_wait_time_s,
                 concurrency=settings.consumer_concurrency,
                 retry_base_s=settings.consumer_retry_base_s,
-                max_backoff_s=settings.consumer_max_backoff_s)
+                max_backoff_s=settings.consumer_max_backoff_s,
+                visibility_timeout_s=settings.consumer_visibility_timeout_s,
+                decode=spec.decoders.get(queue, envelope_of))
             app.state.consumers.append(consumer)
             app.state.tasks[f"consumer:{queue}"] = asyncio.create_task(consumer.run())
         app.state.tasks["queue-metrics"] = asyncio.create_task(

@@ -100,6 +100,17 @@ class Delivery:
     attributes: dict[str, str]
 
 
+Decode = Callable[[Delivery], Envelope | None]
+
+
+def envelope_of(delivery: Delivery) -> Envelope:
+    """The default decoding: the message is one of our event envelopes."""
+    try:
+        return Envelope.model_validate(delivery.body)
+    except ValidationError as exc:
+        raise ValueError(f"not an event envelope: {exc.error_count()} errors") from exc
+
+
 def unwrap(message: dict[str, Any]) -> Delivery:
     """Read raw delivery and SNS-envelope delivery alike; raises ValueError on garbage."""
     body = json.loads(message["Body"])
@@ -124,11 +135,16 @@ class Consumer:
     effects, so a redelivered or duplicated message changes nothing. A failure makes the
     message visible again after an exponential backoff; SQS moves it to the DLQ after
     five receives.
+
+    `decode` turns a message into the envelope to handle (or None to drop it): our events by
+    default, or another producer's messages (S3 notifications) made into envelopes. A handler
+    that runs for longer than half the queue's visibility timeout keeps its message hidden.
     """
 
     def __init__(self, *, service: str, name: str, queue_url: str, sqs: Any, db: Database,
                  metadata: MetaData, handlers: dict[str, Handler], wait_time_s: int = 20,
-                 concurrency: int = 10, retry_base_s: int = 2, max_backoff_s: int = 900) -> None:
+                 concurrency: int = 10, retry_base_s: int = 2, max_backoff_s: int = 900,
+                 visibility_timeout_s: int = 30, decode: Decode = envelope_of) -> None:
         self.service = service
         self.name = name
         self.queue_url = queue_url
@@ -141,6 +157,8 @@ class Consumer:
         self._concurrency = concurrency
         self._retry_base = retry_base_s
         self._max_backoff = max_backoff_s
+        self._visibility = visibility_timeout_s
+        self._decode = decode
         self._in_flight: set[asyncio.Task[None]] = set()
         self._to_delete: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -182,12 +200,16 @@ class Consumer:
     async def handle(self, message: dict[str, Any]) -> str:
         """Handle one message; returns the outcome (handled, duplicate, ignored, failed)."""
         async with self._sem:
+            heartbeat = asyncio.create_task(self._keep_hidden(message))
             try:
                 outcome = await self._process(message)
             except Exception:
                 log.exception("handling message %s from %s failed", message.get("MessageId"),
                               self.name)
                 outcome = "failed"
+            finally:
+                heartbeat.cancel()
+            if outcome == "failed":
                 await self._retry_later(message)
         if outcome != "failed":
             await self._delete(message)
@@ -196,10 +218,9 @@ class Consumer:
 
     async def _process(self, message: dict[str, Any]) -> str:
         delivery = unwrap(message)
-        try:
-            envelope = Envelope.model_validate(delivery.body)
-        except ValidationError as exc:
-            raise ValueError(f"not an event envelope: {exc.error_count()} errors") from exc
+        envelope = self._decode(delivery)
+        if envelope is None:
+            return "ignored"
         handler = self._handlers.get(envelope.type)
         if handler is None:
             log.warning("no handler for %s on %s; dropping", envelope.type, self.name)
@@ -246,6 +267,19 @@ class Consumer:
             for _, done in batch:
                 if not done.done():
                     done.set_result(None)
+
+    async def _keep_hidden(self, message: dict[str, Any]) -> None:
+        """Extend the message's visibility while its handler runs (media transcoding takes
+        minutes); if the process dies, the message is back within one timeout."""
+        while True:
+            await asyncio.sleep(self._visibility / 2)
+            try:
+                await self._sqs.change_message_visibility(
+                    QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"],
+                    VisibilityTimeout=self._visibility)
+            except Exception:
+                log.warning("could not extend the visibility of message %s",
+                            message.get("MessageId"), exc_info=True)
 
     async def _retry_later(self, message: dict[str, Any]) -> None:
         receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from chassis.problems import PROBLEM_BASE
 
-from .topology import TOPOLOGY, Topology
+from .topology import MEDIA_PATH, TOPOLOGY, UPLOADS_PATH, Topology
 
 GATEWAY_PROBLEMS = {
     400: ("Bad Request", "the gateway could not read the request"),
+    403: ("Forbidden", "this path does not take this method"),
     404: ("Not Found", "no service answers this path"),
     413: ("Content Too Large", "the request body is larger than 1 MiB"),
     502: ("Bad Gateway", "the service behind this path did not answer"),
@@ -37,12 +38,15 @@ def problem_body(status: int) -> str:
 
 def render_nginx_conf(upstreams: dict[str, list[str]], *, health_upstream: str, listen: str,
                       prefix_dir: str | None, topology: Topology = TOPOLOGY,
-                      user: str | None = None) -> str:
+                      user: str | None = None, storage: str | None = None) -> str:
     """nginx.conf routing each declared path prefix to its service's replicas.
 
     With prefix_dir (the launcher), nginx runs in the foreground with its pid, temp files and
     error log under that directory; without it (a container), the image's defaults apply.
     `user` is for a launcher running as root, so that workers can use prefix_dir.
+    `storage` is the S3 endpoint's host:port where no CDN and no real S3 exist (moto): the
+    gateway then serves the media bucket and passes upload forms on, as CloudFront and S3
+    do on AWS.
     """
     main = ["worker_processes 2;"]
     http = []
@@ -61,7 +65,10 @@ def render_nginx_conf(upstreams: dict[str, list[str]], *, health_upstream: str, 
         http += _upstream(f"svc_{name}", servers)
     routes = route_table(upstreams, topology)
     http += _method_maps(routes)
-    http += ["server {", f"    listen {listen};", *_indent(_server_body(routes)), "}"]
+    if storage:
+        http += _upstream("storage", [storage])
+    body = _server_body(routes, _storage_locations(topology, storage) if storage else [])
+    http += ["server {", f"    listen {listen};", *_indent(body), "}"]
     return "\n".join([*main, "events {", "    worker_connections 1024;", "}",
                       "http {", *_indent(http), "}", ""])
 
@@ -133,10 +140,39 @@ def _method_maps(routes: dict[str, dict[str | None, str]]) -> list[str]:
     return lines
 
 
-def _server_body(routes: dict[str, dict[str | None, str]]) -> list[str]:
+def _storage_locations(topology: Topology, storage: str) -> list[str]:
+    """Media variants, read-only, from the public bucket (their Cache-Control and
+    Content-Type were set on upload); upload forms to the private bucket, POST only."""
+    uploads = f"{UPLOADS_PATH}{topology.uploads_bucket}"
+    return [
+        f"location {MEDIA_PATH} {{",
+        "    limit_except GET { deny all; }",
+        f"    proxy_pass http://storage/{topology.media_bucket}{MEDIA_PATH};",
+        f"    proxy_set_header Host {storage};",
+        '    proxy_set_header Connection "";',
+        "    proxy_set_header Authorization \"\";",
+        "    proxy_intercept_errors on;",
+        "}",
+        f"location = {uploads} {{",
+        "    limit_except POST { deny all; }",
+        # The largest file the limits allow, with room for the form's other fields; the
+        # presigned policy (S3) and the media worker (moto) hold each upload to its own size.
+        "    client_max_body_size 256m;",
+        "    proxy_request_buffering off;",
+        f"    proxy_pass http://storage/{topology.uploads_bucket};",
+        f"    proxy_set_header Host {storage};",
+        '    proxy_set_header Connection "";',
+        "    proxy_read_timeout 300s;",
+        "}",
+    ]
+
+
+def _server_body(routes: dict[str, dict[str | None, str]],
+                 extra: list[str]) -> list[str]:
     body = [f"error_page {status} @problem_{status};" for status in GATEWAY_PROBLEMS]
     body.append("error_page 494 @problem_400;")  # nginx's own code for headers too large
     body += _location("= /api/health", "stack_health")
+    body += extra
     for path, owners in routes.items():
         upstream = owners[None] if set(owners) == {None} else _map_name(path)
         body += _location(path, upstream, websocket=path.startswith(WEBSOCKET_PREFIX))
@@ -177,7 +213,8 @@ def nginx_binary() -> str:
 
 
 def prepare_local(prefix_dir: Path, upstreams: dict[str, list[str]], *, health_upstream: str,
-                  listen: str, topology: Topology = TOPOLOGY) -> list[str]:
+                  listen: str, topology: Topology = TOPOLOGY,
+                  storage: str | None = None) -> list[str]:
     """Write nginx.conf under prefix_dir for a foreground run; returns the command to run it."""
     binary = nginx_binary()
     prefix_dir.mkdir(parents=True, exist_ok=True)
@@ -185,6 +222,7 @@ def prepare_local(prefix_dir: Path, upstreams: dict[str, list[str]], *, health_u
     user = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
     conf = prefix_dir / "nginx.conf"
     conf.write_text(render_nginx_conf(upstreams, health_upstream=health_upstream, listen=listen,
-                                      prefix_dir=str(prefix_dir), topology=topology, user=user))
+                                      prefix_dir=str(prefix_dir), topology=topology, user=user,
+                                      storage=storage))
     # -e: the compiled-in error log under /var/log is not writable without root.
     return [binary, "-c", str(conf), "-p", str(prefix_dir), "-e", str(prefix_dir / "error.log")]

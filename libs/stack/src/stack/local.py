@@ -1,6 +1,7 @@
 """The processes of one local stack: moto, redis, the services, the health app and nginx."""
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -63,19 +64,20 @@ class Stack:
         redis_port = self._start_redis(deadline)
         outputs = provision(opts.topology, endpoint, opts.topology.region)
         (self.data / "outputs.json").write_text(json.dumps(outputs, indent=2))
-        upstreams = self._start_services(outputs, endpoint, f"redis://127.0.0.1:{redis_port}/0",
-                                         deadline)
+        url = f"http://{'127.0.0.1' if opts.host in ('0.0.0.0', '') else opts.host}:{opts.port}"
+        upstreams, workers = self._start_services(
+            outputs, endpoint, f"redis://127.0.0.1:{redis_port}/0", url, deadline)
         health_port = free_port_block(1)
         health = self.child("health", [*_uvicorn("stack.health:build_app", health_port)], {
             "HEALTH_TARGETS": json.dumps({name: [f"http://{a}" for a in addresses]
-                                         for name, addresses in upstreams.items()})})
+                                         for name, addresses in {**upstreams, **workers}.items()})})
         gateway = self.child("gateway", prepare_local(
             self.data / "nginx", upstreams, health_upstream=f"127.0.0.1:{health_port}",
-            listen=f"{opts.host}:{opts.port}", topology=opts.topology))
+            listen=f"{opts.host}:{opts.port}", topology=opts.topology,
+            storage=endpoint.removeprefix("http://")))
         self.front = [health, gateway]
         for child in self.front:
             child.start()
-        url = f"http://{'127.0.0.1' if opts.host in ('0.0.0.0', '') else opts.host}:{opts.port}"
         wait_until(answers_ok(f"{url}/api/health"), "GET /api/health", deadline, self.children)
         return url
 
@@ -111,10 +113,13 @@ class Stack:
             return port
         raise StartupFailed(f"redis-server did not start; see {self.data / 'logs' / 'redis.log'}")
 
-    def _start_services(self, outputs: dict, endpoint: str, redis_url: str,
-                        deadline: float) -> dict[str, list[str]]:
+    def _start_services(self, outputs: dict, endpoint: str, redis_url: str, public_url: str,
+                        deadline: float) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """Every service's replicas and workers; returns their addresses: the services'
+        (for the gateway) and the workers' (for the health summary only)."""
         opts, port = self.options, self.options.base_port
         upstreams: dict[str, list[str]] = {}
+        workers: dict[str, list[str]] = {}
         waves: list[list[tuple[Child, int]]] = [[], []]
         for service in opts.topology.services:
             db = opts.database_for(service.name)
@@ -122,14 +127,22 @@ class Stack:
                 asyncio.run(ensure_database(db))
             search = f"sqlite:///{self.data / service.name}.search" if service.needs_search \
                 else None
-            env = service_env(outputs, service.name, database_url=db, redis_url=redis_url,
-                              endpoint_url=endpoint, topology=opts.topology, search_url=search)
+            env = functools.partial(
+                service_env, outputs, service.name, database_url=db, redis_url=redis_url,
+                endpoint_url=endpoint, topology=opts.topology, search_url=search,
+                public_url=public_url)
             for replica in range(opts.replicas.get(service.name, 1)):
                 port += 1
                 name = service.name if replica == 0 else f"{service.name}-{replica + 1}"
-                child = self.child(name, _uvicorn(f"{service.name}_svc.main:build_app", port), env)
+                child = self.child(name, _uvicorn(f"{service.name}_svc.main:build_app", port),
+                                   env())
                 waves[min(replica, 1)].append((child, port))
                 upstreams.setdefault(service.name, []).append(f"127.0.0.1:{port}")
+            for worker in service.workers:
+                port += 1
+                child = self.child(worker.name, _uvicorn(worker.app, port), env(worker=worker.name))
+                waves[1].append((child, port))
+                workers[worker.name] = [f"127.0.0.1:{port}"]
         # One replica per service first: it creates the shared SQLite tables alone.
         for wave in waves:
             for child, _ in wave:
@@ -138,7 +151,7 @@ class Stack:
             for child, child_port in wave:
                 wait_until(answers_ok(f"http://127.0.0.1:{child_port}/readyz"),
                            f"{child.name} to be ready", deadline, self.children)
-        return upstreams
+        return upstreams, workers
 
     @property
     def children(self) -> list[Child]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import boto3
 
-from .topology import TOPOLOGY, Subscription, Topology
+from .topology import MEDIA_PATH, TOPOLOGY, UPLOADS_PATH, Subscription, Topology, Uploads
 
 LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 AUTH_FLOWS = ["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]
@@ -32,11 +32,20 @@ def provision(topology: Topology = TOPOLOGY, endpoint_url: str | None = None,
     queues: dict[str, str] = {}
     for sub in topology.subscriptions:
         topic_arn = _topic_for(sub, topics)
-        queues.update(_ensure_queues(clients["sqs"], sub, topology, topic_arn))
+        queues.update(_ensure_queues(clients["sqs"], sub.queue, sub.dlq, topology,
+                                     queue_policy("sns.amazonaws.com", topic_arn)))
         queue_arn = _queue_arn(clients["sqs"], queues[sub.queue])
         _ensure_subscription(clients["sns"], topic_arn, queue_arn, sub)
     for bucket in topology.buckets:
         _ensure_bucket(clients["s3"], bucket, region)
+    if topology.uploads_bucket:
+        _allow_browser_uploads(clients["s3"], topology.uploads_bucket)
+    for uploads in topology.uploads:
+        bucket_arn = f"arn:aws:s3:::{uploads.bucket}"
+        queues.update(_ensure_queues(clients["sqs"], uploads.queue, uploads.dlq, topology,
+                                     queue_policy("s3.amazonaws.com", bucket_arn)))
+        _ensure_notification(clients["s3"], uploads,
+                             _queue_arn(clients["sqs"], queues[uploads.queue]))
     pool_id, client_id = _ensure_user_pool(clients["cognito-idp"], topology)
     issuer = f"https://cognito-idp.{region}.amazonaws.com/{pool_id}"
     jwks_base = f"{endpoint_url.rstrip('/')}/{pool_id}" if endpoint_url else issuer
@@ -61,20 +70,22 @@ def _topic_for(sub: Subscription, topics: dict[str, str]) -> str:
     raise ValueError(f"subscription {sub.queue} names topic {sub.topic}, which nothing publishes")
 
 
-def _ensure_queues(sqs: Any, sub: Subscription, topology: Topology,
-                   topic_arn: str) -> dict[str, str]:
-    dlq_url = _ensure_queue(sqs, sub.dlq, {"MessageRetentionPeriod": str(topology.dlq_retention_s)})
+def _ensure_queues(sqs: Any, queue: str, dlq: str, topology: Topology,
+                   policy: dict[str, Any]) -> dict[str, str]:
+    """The queue and its DLQ; `policy` names who may send to the queue."""
+    dlq_url = _ensure_queue(sqs, dlq, {"MessageRetentionPeriod": str(topology.dlq_retention_s)})
     redrive = {"deadLetterTargetArn": _queue_arn(sqs, dlq_url),
                "maxReceiveCount": str(topology.max_receive_count)}
-    url = _ensure_queue(sqs, sub.queue, {
+    url = _ensure_queue(sqs, queue, {
         "MessageRetentionPeriod": str(topology.queue_retention_s),
         "VisibilityTimeout": str(topology.visibility_timeout_s),
         "RedrivePolicy": json.dumps(redrive),
     })
-    # moto ignores queue policies; real SQS refuses SNS deliveries without this one.
-    sqs.set_queue_attributes(QueueUrl=url, Attributes={
-        "Policy": json.dumps(queue_policy(_queue_arn(sqs, url), topic_arn))})
-    return {sub.queue: url, sub.dlq: dlq_url}
+    # moto ignores queue policies; real SQS refuses SNS and S3 deliveries without this one.
+    policy = {**policy, "Statement": [{**statement, "Resource": _queue_arn(sqs, url)}
+                                      for statement in policy["Statement"]]}
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(policy)})
+    return {queue: url, dlq: dlq_url}
 
 
 def _ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> str:
@@ -91,19 +102,38 @@ def _queue_arn(sqs: Any, url: str) -> str:
     return attributes["Attributes"]["QueueArn"]
 
 
-def queue_policy(queue_arn: str, topic_arn: str) -> dict[str, Any]:
-    """The queue policy letting exactly one topic send to the queue."""
+def queue_policy(principal: str, source_arn: str, queue_arn: str = "") -> dict[str, Any]:
+    """The queue policy letting exactly one source (a topic, a bucket) send to the queue."""
     return {
         "Version": "2012-10-17",
         "Statement": [{
-            "Sid": "topic-delivers",
+            "Sid": "source-delivers",
             "Effect": "Allow",
-            "Principal": {"Service": "sns.amazonaws.com"},
+            "Principal": {"Service": principal},
             "Action": "sqs:SendMessage",
             "Resource": queue_arn,
-            "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+            "Condition": {"ArnEquals": {"aws:SourceArn": source_arn}},
         }],
     }
+
+
+def _ensure_notification(s3: Any, uploads: Uploads, queue_arn: str) -> None:
+    """New objects under the prefix are announced on the queue (set as a whole: idempotent)."""
+    rules = [{"Name": "prefix", "Value": uploads.prefix}] if uploads.prefix else []
+    wanted = {"QueueConfigurations": [{
+        "Id": uploads.queue, "QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"],
+        **({"Filter": {"Key": {"FilterRules": rules}}} if rules else {})}]}
+    current = s3.get_bucket_notification_configuration(Bucket=uploads.bucket)
+    if [c.get("QueueArn") for c in current.get("QueueConfigurations", [])] != [queue_arn]:
+        s3.put_bucket_notification_configuration(Bucket=uploads.bucket,
+                                                 NotificationConfiguration=wanted)
+
+
+def _allow_browser_uploads(s3: Any, bucket: str) -> None:
+    """Browsers post their files straight to the uploads bucket (a presigned POST): CORS."""
+    s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [{
+        "AllowedMethods": ["POST"], "AllowedOrigins": ["*"], "AllowedHeaders": ["*"],
+        "MaxAgeSeconds": 3600}]})
 
 
 def _ensure_subscription(sns: Any, topic_arn: str, queue_arn: str, sub: Subscription) -> None:
@@ -159,14 +189,22 @@ def _ensure_user_pool(idp: Any, topology: Topology) -> tuple[str, str]:
 def service_env(outputs: dict[str, Any], service_name: str, *, database_url: str,
                 redis_url: str | None, endpoint_url: str | None,
                 topology: Topology = TOPOLOGY, log_json: bool = True,
-                search_url: str | None = None) -> dict[str, str]:
-    """The environment one service process reads into its ServiceSettings."""
+                search_url: str | None = None, public_url: str | None = None,
+                worker: str | None = None) -> dict[str, str]:
+    """The environment one service process (or one of its workers) reads into its settings.
+
+    `public_url` is where clients reach the gateway: media URLs and, without a real S3,
+    upload forms point there.
+    """
     service = topology.service(service_name)
+    queues = [s.queue for s in service.subscriptions if not s.archive]
+    if worker is not None:
+        queues = [u.queue for u in next(w for w in service.workers if w.name == worker).uploads]
     env = {
         "SERVICE_NAME": service_name,
         "DATABASE_URL": database_url,
         "AWS_REGION": outputs["region"],
-        "CONSUME_QUEUES": json.dumps([s.queue for s in service.subscriptions if not s.archive]),
+        "CONSUME_QUEUES": json.dumps(queues),
         "COGNITO_ISSUER": outputs["issuer"],
         "COGNITO_JWKS_URL": outputs["jwks_url"],
         "COGNITO_CLIENT_ID": outputs["client_id"],
@@ -180,12 +218,24 @@ def service_env(outputs: dict[str, Any], service_name: str, *, database_url: str
         env.update({key.upper(): value for key, value in LOCAL_CREDENTIALS.items()})
     if service.topic:
         env["EVENTS_TOPIC_ARN"] = outputs["topics"][service_name]
-    archive = [s.queue for s in service.subscriptions if s.archive]
+    if service.needs_media:
+        env.update(_media_env(topology, public_url, local=bool(endpoint_url)))
+    archive = [s.queue for s in service.subscriptions if s.archive and worker is None]
     if archive:
         env["ARCHIVE_QUEUES"] = json.dumps(archive)
         env["ARCHIVE_BUCKET"] = topology.archive_bucket
     if search_url:
         env["SEARCH_URL"] = search_url
+    return env
+
+
+def _media_env(topology: Topology, public_url: str | None, *, local: bool) -> dict[str, str]:
+    env = {"UPLOADS_BUCKET": topology.uploads_bucket, "MEDIA_BUCKET": topology.media_bucket}
+    if public_url:
+        base = public_url.rstrip("/")
+        env["MEDIA_BASE_URL"] = base + MEDIA_PATH.rstrip("/")
+        if local:  # moto is not reachable by clients: the gateway passes their uploads on
+            env["UPLOAD_ENDPOINT_URL"] = base + UPLOADS_PATH.rstrip("/")
     return env
 
 

@@ -18,6 +18,30 @@ class Subscription:
 
 
 @dataclass(frozen=True)
+class Uploads:
+    """A bucket whose new objects are announced on a queue (S3 event notification -> SQS)."""
+
+    queue: str
+    bucket: str
+    prefix: str = ""
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.queue}-dlq"
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A process of a service beside its web app (same image and database), consuming its
+    own queues: the media worker transcodes uploads without slowing the API."""
+
+    name: str
+    app: str  # uvicorn factory, "module:build_app"
+    port: int
+    uploads: tuple[Uploads, ...] = ()
+
+
+@dataclass(frozen=True)
 class Service:
     """One service: where it listens locally, which paths route to it, what it consumes."""
 
@@ -29,6 +53,8 @@ class Service:
     needs_redis: bool = False
     needs_cognito_admin: bool = False
     needs_search: bool = False
+    needs_media: bool = False  # the media buckets and their public URLs
+    workers: tuple[Worker, ...] = ()
 
     @property
     def path_routes(self) -> tuple[tuple[str | None, str], ...]:
@@ -64,6 +90,8 @@ class Topology:
     user_pool: UserPool
     buckets: tuple[str, ...] = ()
     archive_bucket: str = ""  # where every event is kept as JSON lines, for replay
+    uploads_bucket: str = ""  # private: originals as clients upload them, never served
+    media_bucket: str = ""  # public: processed variants, served under MEDIA_PATH
     gateway_port: int = 8080
     health_port: int = 8099
     max_receive_count: int = 5
@@ -84,8 +112,20 @@ class Topology:
     def subscriptions(self) -> tuple[Subscription, ...]:
         return tuple(sub for s in self.services for sub in s.subscriptions)
 
+    @property
+    def uploads(self) -> tuple[Uploads, ...]:
+        return tuple(u for s in self.services for w in s.workers for u in w.uploads)
+
+
+# Where the gateway (locally) and the CDN (on AWS) serve the media bucket, and where clients
+# post uploads to when S3 is not reached directly (the local stack: moto behind the gateway).
+MEDIA_PATH = "/media/"
+UPLOADS_PATH = "/uploads/"
+
 
 ARCHIVE_BUCKET = "asyncsns-events-archive"
+UPLOADS_BUCKET = "asyncsns-media-uploads"
+MEDIA_BUCKET = "asyncsns-media"
 TOPOLOGY = Topology(
     services=(
         Service(
@@ -94,17 +134,21 @@ TOPOLOGY = Topology(
             routes=("/api/auth/", "/api/profiles/"),
             needs_cognito_admin=True,
             subscriptions=(
-                Subscription("profile-post", "post", ("post.created", "post.deleted")),
+                Subscription("profile-post", "post", (
+                    "post.created", "post.deleted", "media.ready", "media.failed")),
             ),
         ),
         Service(
             name="post",
             port=8102,
-            routes=("/api/posts", "/api/media/"),
+            routes=("/api/posts", "/api/media"),
+            needs_media=True,
             subscriptions=(
                 Subscription("post-graph", "profile", (
                     "graph.blocked", "graph.unblocked", "graph.followed", "graph.unfollowed")),
             ),
+            workers=(Worker("media-worker", "post_svc.media_worker:build_app", 8112, uploads=(
+                Uploads("post-media-uploads", UPLOADS_BUCKET, prefix="originals/"),)),),
         ),
         Service(
             name="query",
@@ -126,6 +170,8 @@ TOPOLOGY = Topology(
         ),
     ),
     user_pool=UserPool(name="asyncsns-users", client="asyncsns-web"),
-    buckets=(ARCHIVE_BUCKET,),
+    buckets=(ARCHIVE_BUCKET, UPLOADS_BUCKET, MEDIA_BUCKET),
     archive_bucket=ARCHIVE_BUCKET,
+    uploads_bucket=UPLOADS_BUCKET,
+    media_bucket=MEDIA_BUCKET,
 )

@@ -18,7 +18,7 @@ from chassis.events import EventData, new_event
 from chassis.outbox import stage_event
 from chassis.problems import invalid, not_found
 
-from . import events
+from . import events, media
 from .domain import Draft, Revision, can_see, check_author, check_not_blocked
 from .models import Base, Block, Follow, Like, Post, PostVersion
 
@@ -40,7 +40,8 @@ _CURRENT = select(_POSTS, _BLOCKED_BY_AUTHOR.label("blocked_by_author"),
 # FOR NO KEY UPDATE: changes to one post queue up; replies' FOR SHARE on a parent waits too.
 _FOR_CHANGE = _CURRENT.with_for_update(key_share=True)
 # FOR SHARE: the parent cannot be deleted between this check and the reply's commit.
-_PARENT = (select(_POSTS.c.author_id, _POSTS.c.deleted_at, _POSTS.c.visibility,
+_PARENT = (select(_POSTS.c.author_id, _POSTS.c.deleted_at, _POSTS.c.published,
+                  _POSTS.c.visibility,
                   _POSTS.c.mentions, _BLOCKED_BY_AUTHOR.label("blocked_by_author"),
                   _FOLLOWS_AUTHOR.label("follows_author"))
            .where(_POSTS.c.id == _ID).with_for_update(read=True))
@@ -55,21 +56,44 @@ _DELETE_LIKE = delete(_LIKES).where(_LIKES.c.post_id == _ID, _LIKES.c.user_id ==
 _STATE_COLUMNS = [name for name in events.PostState.model_fields if name != "post_id"]
 
 
-def create_post(conn: Connection, *, author_id: str, author_username: str,
-                draft: Draft) -> dict[str, Any]:
-    """Publish a post (or a reply); returns its state."""
+def create_post(conn: Connection, *, author_id: str, author_username: str, draft: Draft,
+                media_limits: media.MediaLimits) -> dict[str, Any]:
+    """Publish a post (or a reply); returns its state. A post carrying uploads still being
+    processed is kept back (`published` false, no event) until they settle."""
     reply_to_author_id = (_parent_author(conn, draft.reply_to, author_id, author_username)
                           if draft.reply_to else None)
+    post_id = str(ULID())
+    ready, waiting = media.attach(conn, draft.media_ids, owner_id=author_id, post_id=post_id,
+                                  limits=media_limits)
     state = {
-        "post_id": str(ULID()), "author_id": author_id, "author_username": author_username,
+        "post_id": post_id, "author_id": author_id, "author_username": author_username,
         "text": draft.body.text, "visibility": draft.visibility, "reply_to": draft.reply_to,
         "reply_to_author_id": reply_to_author_id, "media_ids": draft.media_ids,
-        "content_warning": draft.content_warning, "hashtags": draft.body.hashtags,
-        "mentions": draft.body.mentions, "version": 1, "seq": 1, "created_at": utcnow(),
-        "edited_at": None}
-    conn.execute(_INSERT_POST, _columns(state))
-    _emit(conn, events.PostCreated(**state), state["post_id"], author_id)
-    return state
+        "media": ready, "content_warning": draft.content_warning,
+        "hashtags": draft.body.hashtags, "mentions": draft.body.mentions, "version": 1,
+        "seq": 1, "created_at": utcnow(), "edited_at": None}
+    conn.execute(_INSERT_POST, _columns(state) | {"published": not waiting})
+    if not waiting:
+        _emit(conn, events.PostCreated(**state), post_id, author_id)
+    return state | {"published": not waiting}
+
+
+def publish_waiting(conn: Connection, post_id: str) -> None:
+    """Publish a post kept back for its media once none is still being processed: with the
+    media that are ready (those that failed are left out), as of now."""
+    post = conn.execute(_FOR_CHANGE, {"id": post_id, "user": ""}).first()
+    if post is None or post.published or post.deleted_at is not None:
+        return
+    attached = {row.id: row for row in media.of_post(conn, post_id)}
+    if any(row.status in ("pending", "processing") for row in attached.values()):
+        return
+    ready = [i for i in post.media_ids if i in attached and attached[i].status == "ready"]
+    state = _state(post) | {"media_ids": ready,
+                            "media": [media.view(attached[i]) for i in ready],
+                            "created_at": utcnow()}
+    conn.execute(_UPDATE_POST, {"post_id": post_id, "published": True, "media_ids": ready,
+                                "media": state["media"], "created_at": state["created_at"]})
+    _emit(conn, events.PostCreated(**state), post_id, post.author_id)
 
 
 def edit_post(conn: Connection, *, post_id: str, caller: str,
@@ -93,8 +117,9 @@ def edit_post(conn: Connection, *, post_id: str, caller: str,
     conn.execute(_UPDATE_POST, {"post_id": post_id} | {
         k: state[k] for k in ("text", "content_warning", "hashtags", "mentions", "version",
                               "seq", "edited_at")})
-    _emit(conn, events.PostEdited(**state), post_id, caller)
-    return state
+    if post.published:  # else its post.created, when it comes, carries the edit
+        _emit(conn, events.PostEdited(**state), post_id, caller)
+    return state | {"published": post.published}
 
 
 def delete_post(conn: Connection, *, post_id: str, caller: str) -> None:
@@ -108,8 +133,10 @@ def delete_post(conn: Connection, *, post_id: str, caller: str) -> None:
     seq, now = post.seq + 1, utcnow()
     conn.execute(_UPDATE_POST, {"post_id": post_id, "seq": seq, "deleted_at": now, "text": "",
                                 "content_warning": None, "hashtags": [], "mentions": [],
-                                "media_ids": []})
+                                "media_ids": [], "media": []})
     conn.execute(_DELETE_VERSIONS, {"id": post_id})
+    if not post.published:
+        return  # nobody heard of it
     _emit(conn, events.PostDeleted(post_id=post_id, author_id=post.author_id,
                                    reply_to=post.reply_to, seq=seq, deleted_at=now),
           post_id, caller)
@@ -119,7 +146,7 @@ def like_post(conn: Connection, *, post_id: str, caller: str, caller_username: s
     """`caller` likes the post; liking it again changes nothing. A post they may not see
     answers 404."""
     post = _for_change(conn, post_id, caller)
-    if not _visible(post, caller, caller_username):
+    if not post.published or not _visible(post, caller, caller_username):
         raise not_found("post")
     check_not_blocked(post.blocked_by_author, "like it")
     added = conn.execute(_INSERT_LIKE[conn.dialect.name],
@@ -144,7 +171,9 @@ def view(state: dict[str, Any]) -> dict[str, Any]:
     response to an Idempotency-Key)."""
     return {"id": state["post_id"], "author_id": state["author_id"], "text": state["text"],
             "visibility": state["visibility"], "reply_to": state["reply_to"],
-            "media_ids": state["media_ids"], "content_warning": state["content_warning"],
+            "media_ids": state["media_ids"], "media": state.get("media", []),
+            "published": state.get("published", True),
+            "content_warning": state["content_warning"],
             "hashtags": state["hashtags"], "mentions": state["mentions"],
             "version": state["version"], "created_at": _rfc3339(state["created_at"]),
             "edited_at": _rfc3339(state["edited_at"])}
@@ -161,7 +190,7 @@ def _parent_author(conn: Connection, reply_to: str, caller: str, caller_username
     it (a post they may not see is as unknown as one that does not exist), and its author
     must not block them."""
     parent = conn.execute(_PARENT, {"id": reply_to, "user": caller}).first()
-    if (parent is None or parent.deleted_at is not None
+    if (parent is None or parent.deleted_at is not None or not parent.published
             or not _visible(parent, caller, caller_username)):
         raise invalid("reply_to", "no such post")
     check_not_blocked(parent.blocked_by_author, "reply to it")
@@ -194,7 +223,12 @@ def _columns(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _emit(conn: Connection, data: EventData, post_id: str, actor: str) -> None:
-    stage_event(conn, OUTBOX, new_event(data, producer=events.PRODUCER, subject=f"post:{post_id}",
+    emit(conn, data, subject=f"post:{post_id}", actor=actor)
+
+
+def emit(conn: Connection, data: EventData, *, subject: str, actor: str | None) -> None:
+    """Stage an event in the outbox, in the caller's transaction."""
+    stage_event(conn, OUTBOX, new_event(data, producer=events.PRODUCER, subject=subject,
                                         actor=actor))
 
 

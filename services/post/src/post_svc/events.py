@@ -15,6 +15,22 @@ from chassis.events import EventData, event_type
 
 PRODUCER = "post"
 Visibility = Literal["public", "followers", "direct"]
+MediaKind = Literal["image", "video", "audio"]
+
+
+class MediaView(EventData):
+    """A processed upload as clients see it (`GET /api/media/{id}`, and inside post views)."""
+
+    media_id: str
+    kind: MediaKind
+    status: Literal["pending", "processing", "ready", "failed"]
+    alt_text: str | None = None
+    width: int | None = None
+    height: int | None = None
+    duration_s: float | None = None
+    blurhash: str | None = None
+    variants: dict[str, str] = Field(default_factory=dict, description="name -> URL")
+    error: str | None = None
 
 
 class PostState(EventData):
@@ -28,6 +44,7 @@ class PostState(EventData):
     reply_to: str | None = None
     reply_to_author_id: str | None = None
     media_ids: list[str] = Field(default_factory=list)
+    media: list[MediaView] = Field(default_factory=list, description="of media_ids, all ready")
     content_warning: str | None = None
     hashtags: list[str] = Field(default_factory=list, description="normalized (NFKC, casefold)")
     mentions: list[str] = Field(default_factory=list, description="usernames, lowercase")
@@ -39,7 +56,8 @@ class PostState(EventData):
 
 @event_type("post.created", producer=PRODUCER)
 class PostCreated(PostState):
-    """A new post (or reply) was published."""
+    """A new post (or reply) was published: at once, or, when it carries media, once every
+    one of them is processed (those that failed are left out)."""
 
 
 @event_type("post.edited", producer=PRODUCER)
@@ -73,3 +91,18 @@ class PostLiked(LikeChange):
 @event_type("post.unliked", producer=PRODUCER)
 class PostUnliked(LikeChange):
     """`user_id` took back a like."""
+
+
+class MediaSettled(MediaView):
+    owner_id: str
+    content_type: str
+
+
+@event_type("media.ready", producer=PRODUCER)
+class MediaReady(MediaSettled):
+    """An upload was checked and processed; its variants are served at `variants`."""
+
+
+@event_type("media.failed", producer=PRODUCER)
+class MediaFailed(MediaSettled):
+    """An upload was refused (`error` says why); nothing of it is served."""

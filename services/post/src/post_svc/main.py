@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse
 from chassis.app import ServiceSpec, create_app
 from chassis.problems import Problem, invalid, problem_response
 
-from . import graph, posts
+from . import graph, media, posts
 from .domain import Limits, PostRuleBroken
 from .models import Base
 from .settings import PostSettings
@@ -26,11 +26,13 @@ def build_app(settings: PostSettings | None = None) -> FastAPI:
     """The post service: posts, their edit history, likes and replies."""
     settings = settings or PostSettings()
     app = create_app(settings, ServiceSpec(
-        name="post", metadata=Base.metadata, routers=[posts.router],
+        name="post", metadata=Base.metadata, routers=[posts.router, media.router],
         consumers={GRAPH_QUEUE: graph.HANDLERS},
-        description="Posts and replies: create, edit with history, delete, like."))
+        description="Posts and replies: create, edit with history, delete, like; uploads."))
     app.state.limits = Limits(text_max=settings.post_text_max,
                               content_warning_max=settings.content_warning_max,
                               media_max=settings.media_per_post_max)
+    app.state.media_limits = media.MediaLimits.from_settings(settings)
+    app.state.presigner = media.Presigner(settings)
     app.add_exception_handler(PostRuleBroken, _rule_broken)
     return app

@@ -1,4 +1,4 @@
-"""The post service's tables: posts, their earlier versions, likes, and a copy of the
+"""The post service's tables: posts, their earlier versions, likes, media, and a copy of the
 social graph (blocks and follows)."""
 
 from datetime import datetime
@@ -30,6 +30,9 @@ class Post(Base):
     reply_to: Mapped[str | None] = mapped_column(ID, nullable=True)
     reply_to_author_id: Mapped[str | None] = mapped_column(USER_ID, nullable=True)
     media_ids: Mapped[list[str]] = mapped_column(JSON)
+    media: Mapped[list[dict]] = mapped_column(JSON, default=list, doc="views of media_ids")
+    published: Mapped[bool] = mapped_column(
+        default=True, doc="false while media it carries are still being processed")
     content_warning: Mapped[str | None] = mapped_column(Text, nullable=True)
     hashtags: Mapped[list[str]] = mapped_column(JSON)
     mentions: Mapped[list[str]] = mapped_column(JSON)
@@ -38,6 +41,33 @@ class Post(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     edited_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Media(Base):
+    """An upload and what processing made of it. The original sits in the private uploads
+    bucket under `originals/{id}`; variants go to the public media bucket once all are made.
+    `post_id` is the post it is attached to: media belong to at most one post."""
+
+    __tablename__ = "media"
+    __table_args__ = (Index("ix_media_post", "post_id"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    owner_id: Mapped[str] = mapped_column(USER_ID)
+    kind: Mapped[str] = mapped_column(String(8))
+    content_type: Mapped[str] = mapped_column(String(100))
+    size: Mapped[int] = mapped_column(doc="bytes, as declared when the upload was requested")
+    filename: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    alt_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(12), doc="pending|processing|ready|failed")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    width: Mapped[int | None] = mapped_column(nullable=True)
+    height: Mapped[int | None] = mapped_column(nullable=True)
+    duration_s: Mapped[float | None] = mapped_column(nullable=True)
+    blurhash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    variants: Mapped[dict[str, str]] = mapped_column(JSON, default=dict, doc="name -> URL")
+    post_id: Mapped[str | None] = mapped_column(ID, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class PostVersion(Base):

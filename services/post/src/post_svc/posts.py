@@ -14,7 +14,7 @@ from chassis.db import DatabaseDep
 from chassis.idempotency import IdempotencyKey, once_in_unit
 
 from . import commands, domain
-from .events import Visibility
+from .events import MediaView, Visibility
 from .models import Base
 
 router = APIRouter(prefix="/api/posts", tags=["posts"])
@@ -48,6 +48,8 @@ class PostView(BaseModel):
     visibility: Visibility
     reply_to: str | None
     media_ids: list[str]
+    media: list[MediaView] = []
+    published: bool = Field(True, description="false until the media it carries are processed")
     content_warning: str | None
     hashtags: list[str]
     mentions: list[str]
@@ -69,15 +71,16 @@ def _json(body: dict[str, Any], status: int) -> Response:
 
 @router.post("", status_code=201, response_model=PostView)
 async def create_post(body: NewPost, user: CurrentUser, db: DatabaseDep, limits: LimitsDep,
-                      idempotency_key: IdempotencyKey = None) -> Response:
+                      request: Request, idempotency_key: IdempotencyKey = None) -> Response:
     """Publish a post or a reply; a repeat with the same Idempotency-Key returns the first."""
     draft = domain.draft(text=body.text, visibility=body.visibility, reply_to=body.reply_to,
                          media_ids=body.media_ids, content_warning_text=body.content_warning,
                          limits=limits)
 
     def create(conn: Connection) -> dict[str, Any]:
-        return commands.view(commands.create_post(conn, author_id=user.id,
-                                                  author_username=user.username, draft=draft))
+        return commands.view(commands.create_post(
+            conn, author_id=user.id, author_username=user.username, draft=draft,
+            media_limits=request.app.state.media_limits))
 
     view = await once_in_unit(db, Base.metadata, scope=f"post:create:{user.id}",
                               key=idempotency_key, request=body.model_dump(mode="json"),

@@ -6,7 +6,7 @@ from chassis.app import ServiceSpec, create_app
 from chassis.cache import ViewCache
 from chassis.ratelimit import RateLimit
 
-from . import accounts, post_counts, profiles
+from . import accounts, avatars, post_counts, profiles
 from .cognito import Accounts
 from .models import Base
 from .settings import ProfileSettings
@@ -32,7 +32,8 @@ def build_app(settings: ProfileSettings | None = None) -> FastAPI:
     forget = post_counts.Forget()
     app = create_app(settings or ProfileSettings(), ServiceSpec(
         name="profile", metadata=Base.metadata, routers=[accounts.router, profiles.router],
-        consumers={"profile-post": post_counts.handlers(forget)}, on_startup=_connect,
+        consumers={"profile-post": post_counts.handlers(forget) | avatars.handlers(forget)},
+        on_startup=_connect,
         description="Accounts (a backend for Cognito), profiles, follows, blocks and mutes."))
     app.state.forget_profile = forget
     return app

@@ -68,3 +68,17 @@ class CountedPost(Base):
     post_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     author_id: Mapped[str] = mapped_column(String(64))
     live: Mapped[bool]
+
+
+class Upload(Base):
+    """A settled upload as the post service's `media.ready`/`media.failed` told us: what an
+    `avatar_media_id` may name. Uploads still being processed are not here yet."""
+
+    __tablename__ = "uploads"
+
+    media_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(8))
+    ready: Mapped[bool]
+    avatar_url: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    error: Mapped[str | None] = mapped_column(String(500), nullable=True)

@@ -16,10 +16,10 @@ from chassis.outbox import add_event
 from chassis.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from chassis.problems import not_found
 
-from . import graph
+from . import avatars, graph
 from .domain import BIO_MAX, DISPLAY_NAME_MAX
 from .events import PRODUCER, ProfileUpdated
-from .models import Base, Follow, Profile
+from .models import Base, Follow, Profile, Upload
 
 router = APIRouter(prefix="/api/profiles", tags=["profiles"])
 OUTBOX = Base.metadata.tables["outbox"]
@@ -112,7 +112,9 @@ async def edit_me(body: ProfileEdit, user: CurrentUser, db: DatabaseDep,
             raise not_found("user")
         changes = body.model_dump(exclude_unset=True, exclude_none=True)
         if "avatar_media_id" in changes and changes["avatar_media_id"] != profile.avatar_media_id:
-            profile.avatar_url = None  # set again when the media service reports it ready
+            # Shown at once if the upload is ready; else when the post service says it is.
+            upload = await session.get(Upload, changes["avatar_media_id"])
+            profile.avatar_url = avatars.avatar_url_for(upload, user.id)
         for field, value in changes.items():
             setattr(profile, field, value)
         profile.updated_at = utcnow()

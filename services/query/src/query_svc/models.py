@@ -52,6 +52,7 @@ posts = Table(
     Column("reply_to", String(ID)),
     Column("reply_to_author_id", String(ID)),
     Column("media_ids", JSON, nullable=False, default=list),
+    Column("media", JSON, nullable=False, default=list),  # the media views, all ready
     Column("content_warning", String(500)),
     Column("hashtags", JSON, nullable=False, default=list),
     Column("mentions", JSON, nullable=False, default=list),

@@ -42,7 +42,8 @@ EDGE_EVENTS = {
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 # What is left of a deleted post: who wrote it and where it was, no content.
 TOMBSTONE = {"author_username": "", "text": "", "visibility": "public", "reply_to_author_id": None,
-             "media_ids": [], "content_warning": None, "hashtags": [], "mentions": [],
+             "media_ids": [], "media": [], "content_warning": None, "hashtags": [],
+             "mentions": [],
              "version": 0, "created_at": None, "edited_at": None, "deleted": True,
              "fanned_out": False}
 
@@ -162,7 +163,7 @@ def post_doc(state: post_events.PostState) -> PostDoc:
         author_username=state.author_username, text=state.text,
         content_warning=state.content_warning, hashtags=tuple(state.hashtags),
         mentions=tuple(state.mentions), visibility=state.visibility,
-        has_media=bool(state.media_ids), reply_to=state.reply_to,
+        has_media=bool(state.media), reply_to=state.reply_to,
         created_at=state.created_at, version=state.seq)
 
 
@@ -318,6 +319,7 @@ class Projector:
             "author_id": state.author_id, "author_username": state.author_username,
             "text": state.text, "visibility": state.visibility, "reply_to": state.reply_to,
             "reply_to_author_id": state.reply_to_author_id, "media_ids": state.media_ids,
+            "media": [m.model_dump(mode="json") for m in state.media],
             "content_warning": state.content_warning, "hashtags": state.hashtags,
             "mentions": state.mentions, "version": state.version, "seq": state.seq,
             "created_at": state.created_at, "edited_at": state.edited_at}

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.auth import User
 from chassis.pagination import Page, decode_cursor, encode_cursor
+from post_svc.events import MediaView
 
 from .models import edges, likes, post_mentions, post_stats, posts, users
 from .search import Viewer
@@ -26,17 +27,13 @@ class Author(BaseModel):
     avatar_url: str | None
 
 
-class MediaRef(BaseModel):
-    media_id: str
-
-
 class PostView(BaseModel):
     id: str
     author: Author
     text: str
     visibility: str
     reply_to: str | None
-    media: list[MediaRef]
+    media: list[MediaView]
     content_warning: str | None
     hashtags: list[str]
     mentions: list[str]
@@ -136,7 +133,7 @@ def to_view(row: Any) -> PostView:
                       display_name=row.u_display_name or row.u_username or row.author_username,
                       avatar_url=row.u_avatar_url),
         text=row.text, visibility=row.visibility, reply_to=row.reply_to,
-        media=[MediaRef(media_id=m) for m in row.media_ids], content_warning=row.content_warning,
+        media=row.media, content_warning=row.content_warning,
         hashtags=row.hashtags, mentions=row.mentions, like_count=row.like_count,
         reply_count=row.reply_count, liked_by_me=bool(row.liked_by_me),
         created_at=row.created_at, edited_at=row.edited_at, version=row.version)

@@ -1,0 +1,418 @@
+"""Turning an uploaded media file into what clients are served: pure processing, no cloud.
+
+`process` reads one file and writes its variants into a directory: images become two
+metadata-free WebP sizes and a blurhash, video an HLS ladder and a poster, audio one
+loudness-normalised AAC file. Bytes are checked against the declared type whatever the
+client said, and anything wrong with them becomes `MediaRejected` with a sentence the user
+can be shown. Storage, queues and records are the media worker's business, not this module's.
+"""
+
+import io
+import json
+import logging
+import math
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import blurhash
+import pillow_heif
+from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
+
+# Registering a Pillow plugin is local and idempotent; HEIC is what iPhones upload.
+pillow_heif.register_heif_opener()
+
+# Declared image type -> Pillow formats its bytes may have. MPO is how Pillow names the JPEGs
+# that phones append a preview or depth map to.
+IMAGE_FORMATS = {
+    "image/jpeg": ("JPEG", "MPO"),
+    "image/png": ("PNG",),
+    "image/webp": ("WEBP",),
+    "image/gif": ("GIF",),
+    "image/heic": ("HEIF",),
+}
+# Only these plugins may parse an upload: less decoder surface, and nothing exotic gets near
+# a helper program (Pillow's EPS plugin would start Ghostscript).
+_PLUGINS = tuple(fmt for formats in IMAGE_FORMATS.values() for fmt in formats)
+# What Pillow's plugins raise on malformed input, besides UnidentifiedImageError (an OSError).
+_DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, IndexError, MemoryError,
+                  Image.DecompressionBombError, Image.DecompressionBombWarning)
+_MP4, _WEBM = "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"
+# Declared audio or video type -> ffprobe's format_name for bytes of that type.
+AV_FORMATS = {
+    "video/mp4": _MP4, "video/quicktime": _MP4, "video/webm": _WEBM,
+    "audio/mpeg": "mp3", "audio/mp4": _MP4, "audio/ogg": "ogg", "audio/wav": "wav",
+    "audio/webm": _WEBM,
+}
+# ffmpeg's -format_whitelist: no other demuxer may open an upload, so bytes that look like an
+# HLS or concat playlist cannot make ffmpeg read other files or fetch URLs.
+_DEMUXERS = ",".join(sorted(set(AV_FORMATS.values())))
+_SEGMENT_S = 4
+_HLS_TYPES = {".m3u8": "application/vnd.apple.mpegurl", ".ts": "video/mp2t"}
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+_WEBP = {"quality": 80, "method": 4}
+
+log = logging.getLogger("post.media")
+
+
+class MediaRejected(Exception):
+    """The bytes are not acceptable media; `reason` is a short user-facing sentence."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ProcessingLimits:
+    """What the worker accepts and produces (from the service's settings)."""
+
+    max_image_side: int = 10_000
+    max_image_pixels: int = 50_000_000
+    max_video_side: int = 4096
+    max_duration_s: float = 3600.0
+    thumb_px: int = 320
+    large_px: int = 1600
+    renditions: tuple[int, ...] = (240, 360, 720, 1080)
+    x264_preset: str = "veryfast"
+    timeout_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One written file: its path under the output directory and how to serve it."""
+
+    path: str
+    content_type: str
+
+
+@dataclass(frozen=True)
+class Processed:
+    """What processing found out about the media and every file it wrote."""
+
+    kind: str
+    width: int | None
+    height: int | None
+    duration_s: float | None
+    blurhash: str | None
+    variants: dict[str, str]
+    files: tuple[OutputFile, ...]
+
+
+def _normalised(content_type: str) -> str:
+    return content_type.split(";")[0].strip().lower()
+
+
+def kind_of(content_type: str) -> str | None:
+    """"image", "video" or "audio" for a declared type this module handles, else None."""
+    declared = _normalised(content_type)
+    if declared in IMAGE_FORMATS or declared in AV_FORMATS:
+        return declared.split("/")[0]
+    return None
+
+
+def process(src: Path, content_type: str, out_dir: Path,
+            limits: ProcessingLimits = ProcessingLimits()) -> Processed:
+    """Check `src` against its declared type and write its variants under `out_dir`.
+
+    Synchronous and CPU-bound: run it in a worker thread or process. Raises MediaRejected
+    for media that is bad, too big or not what was declared; a missing ffmpeg still raises.
+    """
+    declared = _normalised(content_type)
+    kind = kind_of(declared)
+    if kind is None:
+        raise MediaRejected(f"{content_type} is not a supported media type.")
+    if src.stat().st_size == 0:
+        raise MediaRejected("The file is empty.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if kind == "image":
+        return process_image(src, declared, out_dir, limits)
+    if kind == "video":
+        return process_video(src, declared, out_dir, limits)
+    return process_audio(src, declared, out_dir, limits)
+
+
+def process_image(src: Path, declared: str, out_dir: Path,
+                  limits: ProcessingLimits) -> Processed:
+    """`large` and `thumb` WebP variants, upright and without metadata, and a blurhash.
+
+    Of an animated GIF or WebP only the first frame is kept: the variants are stills.
+    """
+    large, width, height = _decode(src, declared, limits)
+    large.thumbnail((limits.large_px, limits.large_px))
+    thumb = large.copy()
+    thumb.thumbnail((limits.thumb_px, limits.thumb_px))
+    _save_webp(large, out_dir / "large.webp")
+    _save_webp(thumb, out_dir / "thumb.webp")
+    return Processed(
+        kind="image", width=width, height=height, duration_s=None,
+        blurhash=_blurhash(thumb), variants={"thumb": "thumb.webp", "large": "large.webp"},
+        files=(OutputFile("thumb.webp", "image/webp"), OutputFile("large.webp", "image/webp")))
+
+
+def _decode(src: Path, declared: str, limits: ProcessingLimits) -> tuple[Image.Image, int, int]:
+    """The fully decoded picture, upright, in sRGB RGB(A), and the upright original's size.
+
+    Dimensions are checked from the header, before any pixel is decoded. A JPEG is decoded
+    at the smallest power-of-two scale that still covers `large_px`, which saves most of the
+    decoding time of a camera photo; the whole stream is still read, so truncation shows.
+    """
+    try:
+        img = Image.open(src, formats=_PLUGINS)
+    except UnidentifiedImageError as exc:
+        raise MediaRejected("The file is not a readable image.") from exc
+    except _DECODE_ERRORS as exc:
+        raise MediaRejected("The image header cannot be read.") from exc
+    with img:
+        if img.format not in IMAGE_FORMATS[declared]:
+            raise MediaRejected(f"The file is a {img.format} image, not {declared}.")
+        width, height = img.size
+        if max(width, height) > limits.max_image_side:
+            raise MediaRejected(f"The image is {width}x{height} pixels; the limit is "
+                                f"{limits.max_image_side} pixels a side.")
+        if width * height > limits.max_image_pixels:
+            raise MediaRejected(f"The image is {width * height / 1e6:.0f} megapixels; the "
+                                f"limit is {limits.max_image_pixels / 1e6:.0f}.")
+        try:
+            if img.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8):
+                width, height = height, width
+            img.draft("RGB", _covering(img.size, limits.large_px))
+            img.load()
+            ImageOps.exif_transpose(img, in_place=True)
+            return _to_srgb(img), width, height
+        except _DECODE_ERRORS as exc:
+            raise MediaRejected("The image is damaged or truncated and cannot be "
+                                "decoded.") from exc
+
+
+def _covering(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """`size` scaled so its longest side is `longest` (what JPEG draft mode must cover)."""
+    scale = min(1.0, longest / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _to_srgb(img: Image.Image) -> Image.Image:
+    """RGB or RGBA pixels in sRGB: once the ICC profile is dropped, sRGB is what every
+    viewer assumes, so a Display P3 or CMYK photo is converted rather than mislabelled."""
+    mode = "RGBA" if img.has_transparency_data else "RGB"
+    icc = img.info.get("icc_profile")
+    if icc:
+        try:
+            profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            converted = ImageCms.profileToProfile(img, profile, _SRGB, outputMode=mode)
+            if converted is not None:
+                return converted
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass  # a broken or unusable profile: keep the numbers as they are
+    return img.convert(mode)
+
+
+def _save_webp(img: Image.Image, path: Path) -> None:
+    """WebP with no EXIF, XMP or ICC: those carry GPS positions, camera serials, names."""
+    img.info.clear()
+    img.save(path, "WEBP", **_WEBP)
+
+
+def _blurhash(img: Image.Image) -> str:
+    """4x3-component blurhash from a 32 px copy (the encoder is pure Python)."""
+    tiny = img.convert("RGB")
+    tiny.thumbnail((32, 32))
+    data, row = tiny.tobytes(), tiny.width * 3
+    rows = [[data[x:x + 3] for x in range(y, y + row, 3)]
+            for y in range(0, len(data), row)]
+    return blurhash.encode(rows, 4, 3)
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What ffprobe says about an accepted container (sizes as displayed, 0 with no video)."""
+
+    duration_s: float | None
+    width: int
+    height: int
+    has_audio: bool
+    channels: int
+
+
+def process_video(src: Path, declared: str, out_dir: Path,
+                  limits: ProcessingLimits) -> Processed:
+    """An HLS ladder under hls/ and a poster frame, without the source's metadata."""
+    probe = _probe(src, declared, limits)
+    if not probe.width:
+        raise MediaRejected("The file has no video stream.")
+    if max(probe.width, probe.height) > limits.max_video_side:
+        raise MediaRejected(f"The video is {probe.width}x{probe.height} pixels; the limit is "
+                            f"{limits.max_video_side} pixels a side.")
+    _check_duration(probe.duration_s, "video", limits)
+    hls = out_dir / "hls"
+    hls.mkdir(exist_ok=True)
+    _run(_hls_command(src, probe, limits), limits, "The video could not be converted.", hls)
+    duration = probe.duration_s or _playlist_seconds(hls / "v0" / "index.m3u8")
+    _check_duration(duration, "video", limits)
+    _run(_poster_command(src, min(1.0, duration / 2), limits), limits,
+         "The video could not be converted.", out_dir)
+    if not (out_dir / "poster.jpg").is_file():
+        raise MediaRejected("No frame of the video could be decoded.")
+    return Processed(
+        kind="video", width=probe.width, height=probe.height, duration_s=duration, blurhash=None,
+        variants={"hls": "hls/master.m3u8", "poster": "poster.jpg"},
+        files=(OutputFile("poster.jpg", "image/jpeg"), *_hls_files(out_dir)))
+
+
+def process_audio(src: Path, declared: str, out_dir: Path,
+                  limits: ProcessingLimits) -> Processed:
+    """audio.m4a: AAC, loudness-normalised so that one clip does not play far louder than
+    the next; any video (cover art, usually) is dropped."""
+    probe = _probe(src, declared, limits)
+    if not probe.has_audio:
+        raise MediaRejected("The file has no audio stream.")
+    _check_duration(probe.duration_s, "audio", limits)
+    _run([*_ffmpeg_input(src, limits), "-map", "0:a:0", "-vn", "-sn", "-dn",
+          # Single-pass loudnorm resamples to 192 kHz internally, hence the explicit rate.
+          "-af", "loudnorm=I=-16:TP=-1.5:LRA=11", "-ar", "48000",
+          "-ac", "1" if probe.channels == 1 else "2", "-c:a", "aac", "-b:a", "128k",
+          "-map_metadata", "-1", "-map_chapters", "-1", "-movflags", "+faststart", "audio.m4a"],
+         limits, "The audio could not be converted.", out_dir)
+    duration = probe.duration_s or _probe(out_dir / "audio.m4a", "audio/mp4", limits).duration_s
+    _check_duration(duration, "audio", limits)
+    return Processed(kind="audio", width=None, height=None, duration_s=duration, blurhash=None,
+                     variants={"audio": "audio.m4a"},
+                     files=(OutputFile("audio.m4a", "audio/mp4"),))
+
+
+def _probe(src: Path, declared: str, limits: ProcessingLimits) -> _Probe:
+    """ffprobe's reading of `src`, refused unless the container is the declared one."""
+    unreadable = "The file is not a readable audio or video file."
+    output = _run(["ffprobe", "-v", "error", "-format_whitelist", _DEMUXERS,
+                   "-print_format", "json", "-show_format", "-show_streams",
+                   str(src.absolute())], limits, unreadable)
+    try:
+        info = json.loads(output)
+        container, streams = info["format"], info["streams"]
+        if container["format_name"] != AV_FORMATS[declared]:
+            actual = container.get("format_long_name") or container["format_name"]
+            raise MediaRejected(f"The file is {actual}, not {declared}.")
+        # A still picture in a video stream is cover art, not video.
+        video = next((s for s in streams if s["codec_type"] == "video"
+                      and not s.get("disposition", {}).get("attached_pic")), None)
+        audio = next((s for s in streams if s["codec_type"] == "audio"), None)
+        width, height = _displayed_size(video) if video else (0, 0)
+        return _Probe(duration_s=_seconds(container.get("duration")), width=width,
+                      height=height, has_audio=audio is not None,
+                      channels=int(audio.get("channels") or 2) if audio else 0)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise MediaRejected(unreadable) from exc
+
+
+def _displayed_size(stream: dict) -> tuple[int, int]:
+    """Width and height as played: phones store portrait video sideways plus a rotation,
+    which ffmpeg applies when decoding."""
+    width, height = int(stream["width"]), int(stream["height"])
+    rotation = stream.get("tags", {}).get("rotate") or next(
+        (data["rotation"] for data in stream.get("side_data_list", ()) if "rotation" in data), 0)
+    return (height, width) if round(float(rotation)) % 180 == 90 else (width, height)
+
+
+def _seconds(value: object) -> float | None:
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return round(seconds, 2) if math.isfinite(seconds) and seconds > 0 else None
+
+
+def _check_duration(seconds: float | None, kind: str, limits: ProcessingLimits) -> None:
+    if seconds is not None and seconds > limits.max_duration_s:
+        raise MediaRejected(f"The {kind} lasts {seconds:.0f} s; the limit is "
+                            f"{limits.max_duration_s:.0f} s.")
+
+
+def _ffmpeg_input(src: Path, limits: ProcessingLimits, *options: str) -> list[str]:
+    """ffmpeg reading `src` with input `options`, never past the duration limit: a stream
+    recorded without its duration (MediaRecorder's WebM) is only measured once converted."""
+    return ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y",
+            "-format_whitelist", _DEMUXERS, *options,
+            "-t", f"{limits.max_duration_s + 1:.0f}", "-i", str(src.absolute())]
+
+
+def _ladder(short_side: int, limits: ProcessingLimits) -> list[int]:
+    """Rendition sizes, as the shorter side (so a portrait phone video's 1080p is 1080 wide):
+    the configured ones the source reaches, else the source's own, made even for x264."""
+    reached = [size for size in sorted(set(limits.renditions)) if size <= short_side]
+    return reached or [max(2, short_side - short_side % 2)]
+
+
+def _maxrate_kbps(short_side: int) -> int:
+    """A bitrate ceiling of about 5 Mbit/s at 1080p, 2.7 at 720p, 1 at 360p; CRF 23 spends
+    less than that on easy pictures."""
+    return round(0.14 * short_side ** 1.5)
+
+
+def _hls_command(src: Path, probe: _Probe, limits: ProcessingLimits) -> list[str]:
+    """One ffmpeg run, run in hls/: decode once, split, scale and encode every rendition."""
+    portrait = probe.height > probe.width
+    ladder = _ladder(min(probe.width, probe.height), limits)
+    # Each rendition is scaled from the next larger one, which costs less than from the source.
+    graph, larger = [], "[0:v:0]"
+    for i in reversed(range(len(ladder))):
+        size = f"{ladder[i]}:-2" if portrait else f"-2:{ladder[i]}"
+        graph.append(f"{larger}scale={size}" + (f",split[v{i}][s{i}]" if i else "[v0]"))
+        larger = f"[s{i}]"
+    maps, streams = [], []
+    for i, size in enumerate(ladder):
+        kbps = _maxrate_kbps(size)
+        maps += ["-map", f"[v{i}]", f"-maxrate:v:{i}", f"{kbps}k",
+                 f"-bufsize:v:{i}", f"{2 * kbps}k"]
+        if probe.has_audio:
+            maps += ["-map", "0:a:0"]
+        streams.append(f"v:{i},a:{i}" if probe.has_audio else f"v:{i}")
+    return [*_ffmpeg_input(src, limits), "-filter_complex", ";".join(graph), *maps,
+            "-c:v", "libx264", "-preset", limits.x264_preset, "-crf", "23", "-pix_fmt", "yuv420p",
+            # Keyframes every segment and only there, at the same instants in every rendition,
+            # so that players can switch renditions at any segment boundary.
+            "-force_key_frames", f"expr:gte(t,n_forced*{_SEGMENT_S})", "-sc_threshold", "0",
+            "-c:a", "aac", "-b:a", "128k", "-ac", "2", "-map_metadata", "-1", "-map_chapters", "-1",
+            "-f", "hls", "-hls_time", str(_SEGMENT_S), "-hls_playlist_type", "vod",
+            "-hls_segment_type", "mpegts", "-hls_flags", "independent_segments",
+            "-master_pl_name", "master.m3u8", "-hls_segment_filename", "v%v/seg_%05d.ts",
+            "-var_stream_map", " ".join(streams), "v%v/index.m3u8"]
+
+
+def _poster_command(src: Path, at_s: float, limits: ProcessingLimits) -> list[str]:
+    """One frame as poster.jpg, at most `large_px` a side; bitexact leaves out the encoder's
+    comment, and the JPEG muxer writes no EXIF."""
+    fit = f"w='min(iw,{limits.large_px})':h='min(ih,{limits.large_px})'"
+    return [*_ffmpeg_input(src, limits, "-ss", f"{at_s:.3f}"), "-map", "0:v:0", "-frames:v", "1",
+            "-vf", f"scale={fit}:force_original_aspect_ratio=decrease",
+            "-map_metadata", "-1", "-flags:v", "+bitexact", "-q:v", "3", "-update", "1",
+            "poster.jpg"]
+
+
+def _playlist_seconds(playlist: Path) -> float:
+    """A media playlist's length: the sum of its segments' EXTINF durations."""
+    return round(sum(float(line[8:].split(",")[0]) for line in playlist.read_text().splitlines()
+                     if line.startswith("#EXTINF:")), 2)
+
+
+def _hls_files(out_dir: Path) -> list[OutputFile]:
+    """Segments, then media playlists, then the master playlist: uploaded in this order, no
+    playlist ever names a file that is not there yet."""
+    paths = sorted((p for p in (out_dir / "hls").rglob("*") if p.is_file()),
+                   key=lambda p: (p.suffix == ".m3u8", p.name == "master.m3u8", p.as_posix()))
+    return [OutputFile(p.relative_to(out_dir).as_posix(),
+                       _HLS_TYPES.get(p.suffix, "application/octet-stream")) for p in paths]
+
+
+def _run(argv: list[str], limits: ProcessingLimits, failure: str, cwd: Path | None = None) -> str:
+    """Run ffmpeg or ffprobe; its failure or timeout on this input rejects the input (a
+    missing binary is not the input's fault, and raises)."""
+    try:
+        done = subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=limits.timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise MediaRejected("The file took too long to process.") from exc
+    if done.returncode != 0:
+        log.info("%s exited with %s: %s", argv[0], done.returncode,
+                 done.stderr[-2000:].decode(errors="replace"))
+        raise MediaRejected(failure)
+    return done.stdout.decode(errors="replace")

@@ -1,5 +1,6 @@
 """End to end through the gateway of `asyncsns-stack up`: accounts, the graph, a restart."""
 
+import io
 import signal
 import time
 import uuid
@@ -9,6 +10,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from PIL import Image
 
 from stack.testing import RunningStack, running_stack
 
@@ -46,8 +48,8 @@ def test_health_reports_every_service(stack: RunningStack) -> None:
     health = httpx.get(f"{stack.url}/api/health")
 
     assert health.status_code == 200
-    assert health.json() == {"status": "ok",
-                             "services": {"profile": "ok", "post": "ok", "query": "ok"}}
+    assert health.json() == {"status": "ok", "services": {
+        "profile": "ok", "post": "ok", "query": "ok", "media-worker": "ok"}}
 
 
 def test_unknown_paths_get_a_problem_from_the_gateway(stack: RunningStack) -> None:
@@ -105,6 +107,58 @@ def test_post_reaches_a_followers_home_timeline_and_search(stack: RunningStack) 
     assert api.delete(f"/api/posts/{post_id}", headers=as_author).status_code == 204
     eventually(api, "/api/timelines/home", as_reader, lambda body: body["items"] == [])
     eventually(api, "/api/search?q=ラーメン", as_reader, lambda body: body["items"] == [])
+
+
+def photo_with_gps() -> bytes:
+    """A landscape JPEG with camera and GPS EXIF that says 'rotate to view' (orientation 6)."""
+    image = Image.new("RGB", (640, 320), "green")
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0112] = "Camera Maker", 6
+    exif[0x8825] = {1: "N", 2: (35.0, 39.0, 29.0), 3: "E", 4: (139.0, 44.0, 28.0)}
+    out = io.BytesIO()
+    image.save(out, "JPEG", exif=exif)
+    return out.getvalue()
+
+
+def test_a_photo_uploaded_through_the_gateway_reaches_a_follower(stack: RunningStack) -> None:
+    api = httpx.Client(base_url=stack.url, timeout=10)
+    author, as_author = sign_up_and_log_in(api, "photo_author")
+    _, as_reader = sign_up_and_log_in(api, "photo_reader")
+    assert api.put(f"/api/profiles/{author}/follow", headers=as_reader).status_code == 204
+    data = photo_with_gps()
+    reserved = api.post("/api/media", headers=as_author, json={
+        "content_type": "image/jpeg", "size": len(data), "alt_text": "a green field"})
+    assert reserved.status_code == 201, reserved.text
+    media_id, form = reserved.json()["media_id"], reserved.json()["upload"]
+    assert form["url"].startswith(stack.url)  # the gateway passes uploads on to S3 (moto)
+    sent = httpx.post(form["url"], data=form["fields"],
+                      files={"file": ("field.jpg", data, "image/jpeg")})
+    assert sent.status_code == 204, sent.text
+    created = api.post("/api/posts", headers=as_author,
+                       json={"text": "a field in summer", "media_ids": [media_id]})
+    assert created.status_code == 201, created.text
+
+    home = eventually(api, "/api/timelines/home", as_reader,
+                      lambda body: [p["id"] for p in body["items"]] == [created.json()["id"]])
+    [shown] = home["items"][0]["media"]
+    assert shown["status"] == "ready" and shown["alt_text"] == "a green field"
+    assert (shown["width"], shown["height"]) == (320, 640)
+    for name in ("thumb", "large"):
+        variant = httpx.get(shown["variants"][name])
+        assert variant.status_code == 200 and variant.headers["content-type"] == "image/webp"
+        assert "immutable" in variant.headers["cache-control"]
+        image = Image.open(io.BytesIO(variant.content))
+        assert not image.getexif() and image.height > image.width
+    assert httpx.put(shown["variants"]["thumb"], content=b"x").status_code == 403
+    original = httpx.get(f"{form['url']}/originals/{media_id}")
+    assert original.status_code == 404, "originals are never served"
+    assert httpx.get(form["url"]).status_code == 403, "the uploads bucket takes forms only"
+    found = eventually(api, f"/api/search?q={quote('field has:media')}", as_reader,
+                       lambda body: len(body["items"]) == 1)
+    assert found["items"][0]["media"][0]["media_id"] == media_id
+
+    avatar = api.patch("/api/profiles/me", headers=as_author, json={"avatar_media_id": media_id})
+    assert avatar.status_code == 200 and avatar.json()["avatar_url"] == shown["variants"]["thumb"]
 
 
 def test_follow_block_and_a_restart_that_keeps_users(stack: RunningStack,

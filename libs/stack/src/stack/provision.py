@@ -40,6 +40,8 @@ def provision(topology: Topology = TOPOLOGY, endpoint_url: str | None = None,
         _ensure_bucket(clients["s3"], bucket, region)
     if topology.uploads_bucket:
         _allow_browser_uploads(clients["s3"], topology.uploads_bucket)
+    if topology.media_bucket and endpoint_url:
+        _let_the_gateway_read(clients["s3"], topology.media_bucket)
     for uploads in topology.uploads:
         bucket_arn = f"arn:aws:s3:::{uploads.bucket}"
         queues.update(_ensure_queues(clients["sqs"], uploads.queue, uploads.dlq, topology,
@@ -127,6 +129,16 @@ def _ensure_notification(s3: Any, uploads: Uploads, queue_arn: str) -> None:
     if [c.get("QueueArn") for c in current.get("QueueConfigurations", [])] != [queue_arn]:
         s3.put_bucket_notification_configuration(Bucket=uploads.bucket,
                                                  NotificationConfiguration=wanted)
+
+
+def _let_the_gateway_read(s3: Any, bucket: str) -> None:
+    """Locally the gateway plays the CDN and reads variants without credentials; on AWS the
+    bucket stays private and CloudFront reads it with origin access control (CDK)."""
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Sid": "gateway-reads-media", "Effect": "Allow", "Principal": "*",
+                       "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/media/*"}],
+    }))
 
 
 def _allow_browser_uploads(s3: Any, bucket: str) -> None:

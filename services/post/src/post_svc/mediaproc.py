@@ -161,6 +161,8 @@ def _decode(src: Path, declared: str, limits: ProcessingLimits) -> tuple[Image.I
         img = Image.open(src, formats=_PLUGINS)
     except UnidentifiedImageError as exc:
         raise MediaRejected("The file is not a readable image.") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own, far higher, pixel limit
+        raise MediaRejected("The image has far too many pixels.") from exc
     except _DECODE_ERRORS as exc:
         raise MediaRejected("The image header cannot be read.") from exc
     with img:

@@ -22,6 +22,7 @@ NGINX_CONF = ROOT / "deploy/gateway/nginx.conf"
 # Inside compose every service listens on this port; the topology's ports are for the
 # launcher, where all services share one host.
 CONTAINER_PORT = 8000
+MOTO = "moto:5000"  # compose's S3: the gateway serves media from it and passes uploads on
 
 
 def service_dockerfile(name: str) -> Path:
@@ -29,9 +30,10 @@ def service_dockerfile(name: str) -> Path:
 
 
 def app_dockerfile(template: str, *, package: str, app: str, port: int,
-                   health_path: str = "/healthz") -> str:
+                   health_path: str = "/healthz", apt_packages: tuple[str, ...] = ()) -> str:
     """The recipe with its build arguments' defaults set to one app's."""
-    defaults = {"PACKAGE": package, "APP": app, "PORT": str(port), "HEALTH_PATH": health_path}
+    defaults = {"PACKAGE": package, "APP": app, "PORT": str(port), "HEALTH_PATH": health_path,
+                "APT_PACKAGES": f'"{" ".join(apt_packages)}"'}
     text = template
     for arg, value in defaults.items():
         # Only the first declaration, the global one; each stage's re-declaration inherits it.
@@ -57,8 +59,10 @@ def gateway_upstreams(topology: Topology) -> dict[str, list[str]]:
 
 
 def health_targets(topology: Topology) -> dict[str, list[str]]:
-    """What compose's health aggregator polls (its HEALTH_TARGETS)."""
-    return {s.name: [f"http://{s.name}:{CONTAINER_PORT}"] for s in topology.services}
+    """What compose's health aggregator polls (its HEALTH_TARGETS): services and workers."""
+    names = [s.name for s in topology.services]
+    names += [w.name for s in topology.services for w in s.workers]
+    return {name: [f"http://{name}:{CONTAINER_PORT}"] for name in names}
 
 
 def nginx_conf(topology: Topology) -> str:
@@ -66,7 +70,7 @@ def nginx_conf(topology: Topology) -> str:
     return render_nginx_conf(gateway_upstreams(topology),
                              health_upstream=f"health:{topology.health_port}",
                              listen=str(topology.gateway_port), prefix_dir=None,
-                             topology=topology)
+                             topology=topology, storage=MOTO)
 
 
 def rendered(topology: Topology = TOPOLOGY) -> dict[Path, str]:
@@ -75,7 +79,7 @@ def rendered(topology: Topology = TOPOLOGY) -> dict[Path, str]:
     files = {
         service_dockerfile(s.name): app_dockerfile(
             template, package=f"asyncsns-{s.name}", app=f"{s.name}_svc.main:build_app",
-            port=CONTAINER_PORT)
+            port=CONTAINER_PORT, apt_packages=s.system_packages)
         for s in topology.services
     }
     # The image's probe is the aggregator's /healthz, not /api/health (503 until every service

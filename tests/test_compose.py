@@ -75,7 +75,8 @@ def test_service_folders_compose_services_and_topology_name_the_same_services():
     built_from_service_folder = {
         name for name, service in SERVICES.items()
         if (path := dockerfile_of(service)) and path.parent.parent == ROOT / "services"}
-    assert set(SERVICE_FOLDERS) == built_from_service_folder
+    workers = {w.name for s in TOPOLOGY.services for w in s.workers}
+    assert set(SERVICE_FOLDERS) | workers == built_from_service_folder
     assert set(SERVICE_FOLDERS) == {s.name for s in TOPOLOGY.services}
 
 
@@ -94,6 +95,27 @@ def test_each_service_listens_on_8000_with_the_settings_provision_wrote(name):
     assert SERVICES[name]["depends_on"]["provision"] == {
         "condition": "service_completed_successfully"}
     assert build_args(render.service_dockerfile(name))["HEALTH_PATH"] == "/healthz"
+
+
+WORKERS = [(service, worker) for service in TOPOLOGY.services for worker in service.workers]
+
+
+@pytest.mark.parametrize(("service", "worker"), WORKERS, ids=[w.name for _, w in WORKERS])
+def test_each_worker_runs_from_its_services_image_with_its_own_settings(service, worker):
+    container = SERVICES[worker.name]
+    assert container["build"] == SERVICES[service.name]["build"]
+    assert container["command"] == [
+        "uvicorn", "--factory", worker.app, "--host", "0.0.0.0",
+        "--port", str(render.CONTAINER_PORT), "--env-file", f"/shared/{worker.name}.env"]
+    for package in service.system_packages:
+        assert package in build_args(render.service_dockerfile(service.name))["APT_PACKAGES"]
+
+
+def test_the_gateway_serves_media_and_passes_uploads_on_to_compose_s3():
+    conf = render.NGINX_CONF.read_text()
+    assert f"server {render.MOTO}" in conf
+    assert "location /media/ {" in conf and f"/{TOPOLOGY.media_bucket}/media/;" in conf
+    assert f"location = /uploads/{TOPOLOGY.uploads_bucket} {{" in conf
 
 
 @pytest.mark.parametrize("path", APP_DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -137,7 +159,7 @@ def test_files_rendered_from_the_topology_are_current():
 def test_gateway_conf_is_accepted_by_nginx(tmp_path):
     # nginx -t resolves upstream hosts, and compose's names only resolve inside compose.
     conf = render.NGINX_CONF.read_text()
-    for host in [*SERVICE_FOLDERS, "health"]:
+    for host in [*SERVICE_FOLDERS, "health", "moto"]:
         conf = conf.replace(f"server {host}:", "server 127.0.0.1:")
     (tmp_path / "nginx.conf").write_text(conf)
     result = subprocess.run(
@@ -159,7 +181,7 @@ def test_health_aggregator_and_gateway_know_every_service():
     targets = json.loads(SERVICES["health"]["environment"]["HEALTH_TARGETS"])
     assert targets == render.health_targets(TOPOLOGY)
     gateway_waits_for = set(SERVICES["gateway"]["depends_on"])
-    assert gateway_waits_for == {s.name for s in TOPOLOGY.services} | {"health"}
+    assert gateway_waits_for == {s.name for s in TOPOLOGY.services} | {"health", "moto"}
     assert SERVICES["gateway"]["ports"] == [f"{TOPOLOGY.gateway_port}:{TOPOLOGY.gateway_port}"]
 
 
@@ -210,6 +232,13 @@ def test_provision_step_leaves_every_service_complete_settings(shared, monkeypat
         assert settings.events_topic_arn == outputs["topics"].get(service.name)
         if service.needs_search:
             assert settings.search_url == "http://opensearch:9200"
+        if service.needs_media:
+            assert settings.media_base_url == "http://localhost:8080/media"
+            assert settings.upload_endpoint_url == "http://localhost:8080/uploads"
+        for worker in service.workers:
+            values = dotenv_values(shared / f"{worker.name}.env")
+            assert json.loads(values["CONSUME_QUEUES"]) == [u.queue for u in worker.uploads]
+            assert values["DATABASE_URL"] == settings.database_url
 
 
 # Only containers that keep their image's healthcheck: compose's own, where set, replaces it.

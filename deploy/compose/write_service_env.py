@@ -21,18 +21,21 @@ def dotenv_line(key: str, value: str) -> str:
 
 
 def write_env_files(outputs: dict, directory: Path, *, database_url: str, redis_url: str,
-                    search_url: str | None = None, topology: Topology = TOPOLOGY) -> list[Path]:
-    """Write `<service>.env` for every service of the topology; database_url has `{service}`."""
+                    search_url: str | None = None, public_url: str | None = None,
+                    topology: Topology = TOPOLOGY) -> list[Path]:
+    """Write `<service>.env` for every service of the topology and `<worker>.env` for each of
+    its workers; database_url has `{service}`."""
     written = []
     for service in topology.services:
-        env = service_env(outputs, service.name,
-                          database_url=database_url.format(service=service.name),
-                          redis_url=redis_url, endpoint_url=outputs["endpoint_url"],
-                          topology=topology,
-                          search_url=search_url if service.needs_search else None)
-        path = directory / f"{service.name}.env"
-        path.write_text("".join(dotenv_line(k, v) + "\n" for k, v in sorted(env.items())))
-        written.append(path)
+        for name, worker in [(service.name, None), *((w.name, w.name) for w in service.workers)]:
+            env = service_env(outputs, service.name,
+                              database_url=database_url.format(service=service.name),
+                              redis_url=redis_url, endpoint_url=outputs["endpoint_url"],
+                              topology=topology, public_url=public_url, worker=worker,
+                              search_url=search_url if service.needs_search else None)
+            path = directory / f"{name}.env"
+            path.write_text("".join(dotenv_line(k, v) + "\n" for k, v in sorted(env.items())))
+            written.append(path)
     return written
 
 
@@ -44,10 +47,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="SQLAlchemy URL with {service} where the database name goes")
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--search-url", help="OpenSearch, for the services that search")
+    parser.add_argument("--public-url", help="where clients reach the gateway (media URLs)")
     args = parser.parse_args(argv)
     outputs = json.loads(args.outputs.read_text())
     for path in write_env_files(outputs, args.directory, database_url=args.database_url,
-                                redis_url=args.redis_url, search_url=args.search_url):
+                                redis_url=args.redis_url, search_url=args.search_url,
+                                public_url=args.public_url):
         print(f"wrote {path}")
 
 

@@ -8,6 +8,7 @@ ARG PACKAGE
 ARG APP
 ARG PORT=8000
 ARG HEALTH_PATH=/healthz
+ARG APT_PACKAGES=""
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
 
@@ -31,6 +32,15 @@ FROM ${PYTHON_IMAGE} AS runtime
 ARG APP
 ARG PORT
 ARG HEALTH_PATH
+ARG APT_PACKAGES
+# Programs an app runs besides Python (the post service's media worker runs ffmpeg); their
+# versions are those of the base image's Debian release.
+# hadolint ignore=DL3008
+RUN if [ -n "${APT_PACKAGES}" ]; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends ${APT_PACKAGES} \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 # /shared is where compose's provision step leaves each service's generated settings, /data
 # where moto keeps its state; a new named volume mounted over either takes this owner.
 RUN groupadd --system --gid 10001 app \

@@ -55,6 +55,7 @@ class Service:
     needs_search: bool = False
     needs_media: bool = False  # the media buckets and their public URLs
     workers: tuple[Worker, ...] = ()
+    system_packages: tuple[str, ...] = ()  # Debian packages its image needs (ffmpeg)
 
     @property
     def path_routes(self) -> tuple[tuple[str | None, str], ...]:
@@ -143,6 +144,7 @@ TOPOLOGY = Topology(
             port=8102,
             routes=("/api/posts", "/api/media"),
             needs_media=True,
+            system_packages=("ffmpeg",),
             subscriptions=(
                 Subscription("post-graph", "profile", (
                     "graph.blocked", "graph.unblocked", "graph.followed", "graph.unfollowed")),

@@ -22,8 +22,8 @@ from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
 # Registering a Pillow plugin is local and idempotent; HEIC is what iPhones upload.
 pillow_heif.register_heif_opener()
 
-# Declared image type -> Pillow formats its bytes may have. MPO is how Pillow names the JPEGs
-# that phones append a preview or depth map to.
+# Declared image type -> Pillow formats its bytes may have. MPO is how Pillow's JPEG opener
+# names the JPEGs that phones append a preview or depth map to.
 IMAGE_FORMATS = {
     "image/jpeg": ("JPEG", "MPO"),
     "image/png": ("PNG",),
@@ -33,7 +33,7 @@ IMAGE_FORMATS = {
 }
 # Only these plugins may parse an upload: less decoder surface, and nothing exotic gets near
 # a helper program (Pillow's EPS plugin would start Ghostscript).
-_PLUGINS = tuple(fmt for formats in IMAGE_FORMATS.values() for fmt in formats)
+_OPENERS = ("JPEG", "PNG", "WEBP", "GIF", "HEIF")
 # What Pillow's plugins raise on malformed input, besides UnidentifiedImageError (an OSError).
 _DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, IndexError, MemoryError,
                   Image.DecompressionBombError, Image.DecompressionBombWarning)
@@ -158,7 +158,7 @@ def _decode(src: Path, declared: str, limits: ProcessingLimits) -> tuple[Image.I
     decoding time of a camera photo; the whole stream is still read, so truncation shows.
     """
     try:
-        img = Image.open(src, formats=_PLUGINS)
+        img = Image.open(src, formats=_OPENERS)
     except UnidentifiedImageError as exc:
         raise MediaRejected("The file is not a readable image.") from exc
     except Image.DecompressionBombError as exc:  # Pillow's own, far higher, pixel limit

@@ -29,7 +29,7 @@ def camera_photo(path: Path) -> None:
     """A 12-megapixel JPEG with the structure and grain of a photo, and a camera's EXIF."""
     width, height = PHOTO_SIZE
     blotches = Image.merge("RGB", [
-        Image.effect_noise((width // 16, height // 16), 60).resize(PHOTO_SIZE, Image.Resampling.BICUBIC)
+        Image.effect_noise((width // 16, height // 16), 60).resize(PHOTO_SIZE, Image.BICUBIC)
         for _ in range(3)])
     gradients = Image.merge("RGB", [
         Image.linear_gradient("L").resize(PHOTO_SIZE),

@@ -29,6 +29,7 @@ from post_svc.models import Base
 from post_svc.settings import PostSettings
 
 MEDIA_BASE_URL = "http://gateway.test/media"
+FACTS = {"width": 4, "height": 3, "variants": {"large": f"{MEDIA_BASE_URL}/x"}}
 
 
 def by_seq(events: list[dict]) -> list[dict]:
@@ -204,9 +205,8 @@ def ready_media(client, app):
                                          json={"content_type": content_type, "size": 1000})
             assert response.status_code == 201, response.text
             media_id = response.json()["media_id"]
-            facts = {"width": 4, "height": 3, "variants": {"large": f"{MEDIA_BASE_URL}/x"}}
             await app.state.db.run(lambda conn, m=media_id: (
-                media_worker.begin(conn, m), media_worker.settle(conn, m, facts=facts)))
+                media_worker.begin(conn, m), media_worker.settle(conn, m, facts=FACTS)))
             ids.append(media_id)
         return ids
 

@@ -16,6 +16,7 @@ import pytest
 from PIL import ExifTags, Image, ImageCms
 
 from post_svc.mediaproc import MediaRejected, ProcessingLimits, kind_of, process
+from post_svc.mediaproc_av import Probe, hls_command, read_probe
 
 RED, BLUE = (220, 20, 20), (20, 20, 220)
 SECRETS = (b"Canon", b"EOS R5", b"xmp-secret", b"Exif", b"EXIF", b"ICCP", b"XMP ", b"Lavc")
@@ -53,19 +54,20 @@ def noisy_jpeg(path: Path, size: tuple[int, int]) -> None:
     Image.merge("RGB", [Image.effect_noise(size, 50)] * 3).save(path, "JPEG", quality=90)
 
 
-def png_bomb(path: Path, width: int, height: int) -> None:
+def png_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
     """A valid 1-bit PNG whose pixels would take width*height bytes once decoded, made
     without ever holding them: zeros compress a thousandfold."""
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
     rows, compressor = bytes(1 + (width + 7) // 8) * 1000, zlib.compressobj(1)
     idat = b"".join([compressor.compress(rows) for _ in range(height // 1000)]
                     + [compressor.compress(rows[: len(rows) // 1000 * (height % 1000)]),
                        compressor.flush()])
-    path.write_bytes(b"\x89PNG\r\n\x1a\n"
-                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
 def assert_no_metadata(path: Path) -> None:
@@ -103,6 +105,49 @@ def test_declared_type_decides_the_kind() -> None:
     assert kind_of("audio/webm; codecs=opus") == "audio"
     assert kind_of("application/pdf") is None
     assert kind_of("image/svg+xml") is None
+
+
+def _graph(width: int, height: int, has_audio: bool = True) -> tuple[str, str]:
+    """The filter graph and stream map of the HLS command for a source of this size."""
+    probe = Probe("mov,mp4,m4a,3gp,3g2,mj2", "QuickTime / MOV", 10.0, width, height,
+                  has_audio, 2)
+    argv = hls_command(Path("/in.mov"), probe, ProcessingLimits())
+    return argv[argv.index("-filter_complex") + 1], argv[argv.index("-var_stream_map") + 1]
+
+
+def test_ladder_stops_at_the_source_height() -> None:
+    graph, streams = _graph(1280, 720)
+    assert [part.split("scale=")[1][:6] for part in graph.split(";")] == [
+        "-2:720", "-2:360", "-2:240"]
+    assert streams == "v:0,a:0 v:1,a:1 v:2,a:2"
+
+
+def test_portrait_ladder_is_sized_by_the_shorter_side() -> None:
+    graph, _ = _graph(1080, 1920)
+    assert "scale=1080:-2" in graph and "scale=240:-2" in graph
+
+
+def test_small_video_keeps_its_own_even_height_and_silence() -> None:
+    graph, streams = _graph(213, 121, has_audio=False)
+    assert graph == "[0:v:0]scale=-2:120[v0]"
+    assert streams == "v:0"
+
+
+def test_probe_reads_displayed_size_and_ignores_cover_art() -> None:
+    rotated = {"codec_type": "video", "width": 1920, "height": 1080,
+               "side_data_list": [{"side_data_type": "Display Matrix", "rotation": -90}]}
+    cover = {"codec_type": "video", "width": 600, "height": 600,
+             "disposition": {"attached_pic": 1}}
+    sound = {"codec_type": "audio", "channels": 1}
+    fmt = {"format_name": "mov,mp4,m4a,3gp,3g2,mj2", "duration": "12.3456"}
+
+    probe = read_probe(json.dumps({"format": fmt, "streams": [rotated, sound]}))
+    assert probe is not None and (probe.width, probe.height) == (1080, 1920)
+    assert (probe.duration_s, probe.has_audio, probe.channels) == (12.35, True, 1)
+    art = read_probe(json.dumps({"format": fmt, "streams": [cover, sound]}))
+    assert art is not None and art.width == 0
+    assert read_probe("not json") is None
+    assert read_probe('{"format": {}, "streams": []}') is None
 
 
 def test_photo_variants_are_upright_and_carry_no_metadata(tmp_path: Path) -> None:
@@ -158,12 +203,18 @@ def test_animated_gif_keeps_its_first_frame(tmp_path: Path) -> None:
     assert Image.open(tmp_path / "out" / "large.webp").convert("RGB").getpixel((20, 20))[0] > 200
 
 
-def test_heic_is_read(tmp_path: Path) -> None:
-    Image.new("RGB", (64, 48), RED).save(tmp_path / "photo.heic", "HEIF", quality=60)
+def test_heic_is_read_upright(tmp_path: Path) -> None:
+    img = Image.new("RGB", (64, 32), RED)
+    img.paste(BLUE, (0, 0, 16, 8))
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make], exif[ExifTags.Base.Orientation] = "Apple", 6
+    img.save(tmp_path / "photo.heic", "HEIF", quality=90, exif=exif.tobytes())
     done = process(tmp_path / "photo.heic", "image/heic", tmp_path / "out")
 
-    assert (done.width, done.height) == (64, 48)
+    assert (done.width, done.height) == (32, 64)
     assert_no_metadata(tmp_path / "out" / "large.webp")
+    with Image.open(tmp_path / "out" / "large.webp") as large:
+        assert large.convert("RGB").getpixel((large.width - 3, 3))[2] > 150
 
 
 def test_video_becomes_an_hls_ladder_up_to_its_own_height(clip: Path, tmp_path: Path) -> None:
@@ -242,10 +293,17 @@ def test_jpeg_declared_as_png_is_rejected(tmp_path: Path) -> None:
 
 def test_text_is_neither_an_image_nor_a_video(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("#EXTM3U\nfile:///etc/passwd\n")
-    with pytest.raises(MediaRejected, match="not a readable image"):
+    with pytest.raises(MediaRejected, match="not a readable WEBP image"):
         process(tmp_path / "notes.txt", "image/webp", tmp_path / "out")
-    with pytest.raises(MediaRejected, match="not a readable audio or video file"):
+    with pytest.raises(MediaRejected, match="not a readable video/mp4 file"):
         process(tmp_path / "notes.txt", "video/mp4", tmp_path / "out")
+
+
+def test_jpeg_cut_inside_its_header_is_called_damaged(tmp_path: Path) -> None:
+    camera_jpeg(tmp_path / "photo.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "photo.jpg").read_bytes()[:300])
+    with pytest.raises(MediaRejected, match="damaged or truncated"):
+        process(tmp_path / "cut.jpg", "image/jpeg", tmp_path / "out")
 
 
 def test_truncated_jpeg_is_rejected_even_when_decoded_at_reduced_scale(tmp_path: Path) -> None:
@@ -271,9 +329,9 @@ def test_unsupported_type_is_rejected(tmp_path: Path) -> None:
 
 
 def test_decompression_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
-    png_bomb(tmp_path / "bomb.png", 30_000, 30_000)
+    (tmp_path / "bomb.png").write_bytes(png_bomb(30_000, 30_000))
     began = time.perf_counter()
-    with pytest.raises(MediaRejected, match="pixels"):
+    with pytest.raises(MediaRejected, match="over 179 megapixels"):
         process(tmp_path / "bomb.png", "image/png", tmp_path / "out")
     # Decoding 900 million pixels would take seconds and as many bytes.
     assert time.perf_counter() - began < 0.2
@@ -285,7 +343,7 @@ def test_decompression_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
 ])
 def test_images_over_the_limits_are_refused(tmp_path: Path, size: tuple[int, int],
                                             reason: str) -> None:
-    png_bomb(tmp_path / "big.png", *size)
+    (tmp_path / "big.png").write_bytes(png_bomb(*size))
     with pytest.raises(MediaRejected, match=reason):
         process(tmp_path / "big.png", "image/png", tmp_path / "out")
 

@@ -101,7 +101,9 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
     aws_kwargs = settings.aws_client_kwargs()
     if settings.events_topic_arn:
         sns = await stack.enter_async_context(app.state.aws.client("sns", **aws_kwargs))
-        relay = OutboxRelay(service=spec.name, db=db, metadata=spec.metadata, sns=sns,
+        # Named after the service that owns the outbox, not this app: a service's worker
+        # process shares its database, outbox and so its relay lease (one publishes at a time).
+        relay = OutboxRelay(service=settings.service_name, db=db, metadata=spec.metadata, sns=sns,
                             topic_arn=settings.events_topic_arn,
                             poll_interval_s=settings.outbox_poll_interval_s,
                             batch_size=settings.outbox_batch_size)

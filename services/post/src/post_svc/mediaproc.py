@@ -8,16 +8,25 @@ can be shown. Storage, queues and records are the media worker's business, not t
 """
 
 import io
-import json
 import logging
-import math
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import blurhash
 import pillow_heif
-from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageOps
+
+from post_svc.mediaproc_av import (
+    AV_FORMATS,
+    Probe,
+    audio_command,
+    hls_command,
+    playlist_seconds,
+    poster_command,
+    probe_command,
+    read_probe,
+)
 
 # Registering a Pillow plugin is local and idempotent; HEIC is what iPhones upload.
 pillow_heif.register_heif_opener()
@@ -31,23 +40,22 @@ IMAGE_FORMATS = {
     "image/gif": ("GIF",),
     "image/heic": ("HEIF",),
 }
+# Declared image type -> (offset, bytes) its files begin with: a file that does, but that
+# Pillow cannot open, is a damaged image rather than something else.
+_SIGNATURES = {
+    "image/jpeg": (0, b"\xff\xd8\xff"),
+    "image/png": (0, b"\x89PNG\r\n\x1a\n"),
+    "image/webp": (8, b"WEBP"),
+    "image/gif": (0, b"GIF8"),
+    "image/heic": (4, b"ftyp"),
+}
 # Only these plugins may parse an upload: less decoder surface, and nothing exotic gets near
 # a helper program (Pillow's EPS plugin would start Ghostscript).
 _OPENERS = ("JPEG", "PNG", "WEBP", "GIF", "HEIF")
-# What Pillow's plugins raise on malformed input, besides UnidentifiedImageError (an OSError).
+# What Pillow's plugins raise on malformed input (UnidentifiedImageError is an OSError).
 _DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, IndexError, MemoryError,
                   Image.DecompressionBombError, Image.DecompressionBombWarning)
-_MP4, _WEBM = "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"
-# Declared audio or video type -> ffprobe's format_name for bytes of that type.
-AV_FORMATS = {
-    "video/mp4": _MP4, "video/quicktime": _MP4, "video/webm": _WEBM,
-    "audio/mpeg": "mp3", "audio/mp4": _MP4, "audio/ogg": "ogg", "audio/wav": "wav",
-    "audio/webm": _WEBM,
-}
-# ffmpeg's -format_whitelist: no other demuxer may open an upload, so bytes that look like an
-# HLS or concat playlist cannot make ffmpeg read other files or fetch URLs.
-_DEMUXERS = ",".join(sorted(set(AV_FORMATS.values())))
-_SEGMENT_S = 4
+_DAMAGED = "The image is damaged or truncated and cannot be decoded."
 _HLS_TYPES = {".m3u8": "application/vnd.apple.mpegurl", ".ts": "video/mp2t"}
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 _WEBP = {"quality": 80, "method": 4}
@@ -126,13 +134,13 @@ def process(src: Path, content_type: str, out_dir: Path,
         raise MediaRejected("The file is empty.")
     out_dir.mkdir(parents=True, exist_ok=True)
     if kind == "image":
-        return process_image(src, declared, out_dir, limits)
+        return _process_image(src, declared, out_dir, limits)
     if kind == "video":
-        return process_video(src, declared, out_dir, limits)
-    return process_audio(src, declared, out_dir, limits)
+        return _process_video(src, declared, out_dir, limits)
+    return _process_audio(src, declared, out_dir, limits)
 
 
-def process_image(src: Path, declared: str, out_dir: Path,
+def _process_image(src: Path, declared: str, out_dir: Path,
                   limits: ProcessingLimits) -> Processed:
     """`large` and `thumb` WebP variants, upright and without metadata, and a blurhash.
 
@@ -159,12 +167,16 @@ def _decode(src: Path, declared: str, limits: ProcessingLimits) -> tuple[Image.I
     """
     try:
         img = Image.open(src, formats=_OPENERS)
-    except UnidentifiedImageError as exc:
-        raise MediaRejected("The file is not a readable image.") from exc
-    except Image.DecompressionBombError as exc:  # Pillow's own, far higher, pixel limit
-        raise MediaRejected("The image has far too many pixels.") from exc
-    except _DECODE_ERRORS as exc:
-        raise MediaRejected("The image header cannot be read.") from exc
+    except Image.DecompressionBombError as exc:
+        # Pillow's own guard (twice MAX_IMAGE_PIXELS, ~179 megapixels) fires before ours can;
+        # it stays, for it also covers GIF frames larger than the declared canvas.
+        raise MediaRejected(f"The image has over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} "
+                            "megapixels, far too many.") from exc
+    except _DECODE_ERRORS as exc:  # UnidentifiedImageError among them
+        if _begins_as(declared, src):
+            raise MediaRejected(_DAMAGED) from exc
+        raise MediaRejected(f"The file is not a readable {declared.split('/')[1].upper()} "
+                            "image.") from exc
     with img:
         if img.format not in IMAGE_FORMATS[declared]:
             raise MediaRejected(f"The file is a {img.format} image, not {declared}.")
@@ -183,8 +195,13 @@ def _decode(src: Path, declared: str, limits: ProcessingLimits) -> tuple[Image.I
             ImageOps.exif_transpose(img, in_place=True)
             return _to_srgb(img), width, height
         except _DECODE_ERRORS as exc:
-            raise MediaRejected("The image is damaged or truncated and cannot be "
-                                "decoded.") from exc
+            raise MediaRejected(_DAMAGED) from exc
+
+
+def _begins_as(declared: str, src: Path) -> bool:
+    offset, signature = _SIGNATURES[declared]
+    with src.open("rb") as file:
+        return file.read(offset + len(signature))[offset:] == signature
 
 
 def _covering(size: tuple[int, int], longest: int) -> tuple[int, int]:
@@ -225,18 +242,7 @@ def _blurhash(img: Image.Image) -> str:
     return blurhash.encode(rows, 4, 3)
 
 
-@dataclass(frozen=True)
-class _Probe:
-    """What ffprobe says about an accepted container (sizes as displayed, 0 with no video)."""
-
-    duration_s: float | None
-    width: int
-    height: int
-    has_audio: bool
-    channels: int
-
-
-def process_video(src: Path, declared: str, out_dir: Path,
+def _process_video(src: Path, declared: str, out_dir: Path,
                   limits: ProcessingLimits) -> Processed:
     """An HLS ladder under hls/ and a poster frame, without the source's metadata."""
     probe = _probe(src, declared, limits)
@@ -248,10 +254,10 @@ def process_video(src: Path, declared: str, out_dir: Path,
     _check_duration(probe.duration_s, "video", limits)
     hls = out_dir / "hls"
     hls.mkdir(exist_ok=True)
-    _run(_hls_command(src, probe, limits), limits, "The video could not be converted.", hls)
-    duration = probe.duration_s or _playlist_seconds(hls / "v0" / "index.m3u8")
+    _run(hls_command(src, probe, limits), limits, "The video could not be converted.", hls)
+    duration = probe.duration_s or playlist_seconds((hls / "v0" / "index.m3u8").read_text())
     _check_duration(duration, "video", limits)
-    _run(_poster_command(src, min(1.0, duration / 2), limits), limits,
+    _run(poster_command(src, min(1.0, duration / 2), limits), limits,
          "The video could not be converted.", out_dir)
     if not (out_dir / "poster.jpg").is_file():
         raise MediaRejected("No frame of the video could be decoded.")
@@ -261,20 +267,15 @@ def process_video(src: Path, declared: str, out_dir: Path,
         files=(OutputFile("poster.jpg", "image/jpeg"), *_hls_files(out_dir)))
 
 
-def process_audio(src: Path, declared: str, out_dir: Path,
+def _process_audio(src: Path, declared: str, out_dir: Path,
                   limits: ProcessingLimits) -> Processed:
-    """audio.m4a: AAC, loudness-normalised so that one clip does not play far louder than
-    the next; any video (cover art, usually) is dropped."""
+    """audio.m4a, AAC and loudness-normalised."""
     probe = _probe(src, declared, limits)
     if not probe.has_audio:
         raise MediaRejected("The file has no audio stream.")
     _check_duration(probe.duration_s, "audio", limits)
-    _run([*_ffmpeg_input(src, limits), "-map", "0:a:0", "-vn", "-sn", "-dn",
-          # Single-pass loudnorm resamples to 192 kHz internally, hence the explicit rate.
-          "-af", "loudnorm=I=-16:TP=-1.5:LRA=11", "-ar", "48000",
-          "-ac", "1" if probe.channels == 1 else "2", "-c:a", "aac", "-b:a", "128k",
-          "-map_metadata", "-1", "-map_chapters", "-1", "-movflags", "+faststart", "audio.m4a"],
-         limits, "The audio could not be converted.", out_dir)
+    _run(audio_command(src, probe, limits), limits, "The audio could not be converted.",
+         out_dir)
     duration = probe.duration_s or _probe(out_dir / "audio.m4a", "audio/mp4", limits).duration_s
     _check_duration(duration, "audio", limits)
     return Processed(kind="audio", width=None, height=None, duration_s=duration, blurhash=None,
@@ -282,118 +283,21 @@ def process_audio(src: Path, declared: str, out_dir: Path,
                      files=(OutputFile("audio.m4a", "audio/mp4"),))
 
 
-def _probe(src: Path, declared: str, limits: ProcessingLimits) -> _Probe:
+def _probe(src: Path, declared: str, limits: ProcessingLimits) -> Probe:
     """ffprobe's reading of `src`, refused unless the container is the declared one."""
-    unreadable = "The file is not a readable audio or video file."
-    output = _run(["ffprobe", "-v", "error", "-format_whitelist", _DEMUXERS,
-                   "-print_format", "json", "-show_format", "-show_streams",
-                   str(src.absolute())], limits, unreadable)
-    try:
-        info = json.loads(output)
-        container, streams = info["format"], info["streams"]
-        if container["format_name"] != AV_FORMATS[declared]:
-            actual = container.get("format_long_name") or container["format_name"]
-            raise MediaRejected(f"The file is {actual}, not {declared}.")
-        # A still picture in a video stream is cover art, not video.
-        video = next((s for s in streams if s["codec_type"] == "video"
-                      and not s.get("disposition", {}).get("attached_pic")), None)
-        audio = next((s for s in streams if s["codec_type"] == "audio"), None)
-        width, height = _displayed_size(video) if video else (0, 0)
-        return _Probe(duration_s=_seconds(container.get("duration")), width=width,
-                      height=height, has_audio=audio is not None,
-                      channels=int(audio.get("channels") or 2) if audio else 0)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise MediaRejected(unreadable) from exc
-
-
-def _displayed_size(stream: dict) -> tuple[int, int]:
-    """Width and height as played: phones store portrait video sideways plus a rotation,
-    which ffmpeg applies when decoding."""
-    width, height = int(stream["width"]), int(stream["height"])
-    rotation = stream.get("tags", {}).get("rotate") or next(
-        (data["rotation"] for data in stream.get("side_data_list", ()) if "rotation" in data), 0)
-    return (height, width) if round(float(rotation)) % 180 == 90 else (width, height)
-
-
-def _seconds(value: object) -> float | None:
-    try:
-        seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return round(seconds, 2) if math.isfinite(seconds) and seconds > 0 else None
+    unreadable = f"The file is not a readable {declared} file."
+    probe = read_probe(_run(probe_command(src), limits, unreadable))
+    if probe is None:
+        raise MediaRejected(unreadable)
+    if probe.format_name != AV_FORMATS[declared]:
+        raise MediaRejected(f"The file is {probe.format_long_name}, not {declared}.")
+    return probe
 
 
 def _check_duration(seconds: float | None, kind: str, limits: ProcessingLimits) -> None:
     if seconds is not None and seconds > limits.max_duration_s:
         raise MediaRejected(f"The {kind} lasts {seconds:.0f} s; the limit is "
                             f"{limits.max_duration_s:.0f} s.")
-
-
-def _ffmpeg_input(src: Path, limits: ProcessingLimits, *options: str) -> list[str]:
-    """ffmpeg reading `src` with input `options`, never past the duration limit: a stream
-    recorded without its duration (MediaRecorder's WebM) is only measured once converted."""
-    return ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y",
-            "-format_whitelist", _DEMUXERS, *options,
-            "-t", f"{limits.max_duration_s + 1:.0f}", "-i", str(src.absolute())]
-
-
-def _ladder(short_side: int, limits: ProcessingLimits) -> list[int]:
-    """Rendition sizes, as the shorter side (so a portrait phone video's 1080p is 1080 wide):
-    the configured ones the source reaches, else the source's own, made even for x264."""
-    reached = [size for size in sorted(set(limits.renditions)) if size <= short_side]
-    return reached or [max(2, short_side - short_side % 2)]
-
-
-def _maxrate_kbps(short_side: int) -> int:
-    """A bitrate ceiling of about 5 Mbit/s at 1080p, 2.7 at 720p, 1 at 360p; CRF 23 spends
-    less than that on easy pictures."""
-    return round(0.14 * short_side ** 1.5)
-
-
-def _hls_command(src: Path, probe: _Probe, limits: ProcessingLimits) -> list[str]:
-    """One ffmpeg run, run in hls/: decode once, split, scale and encode every rendition."""
-    portrait = probe.height > probe.width
-    ladder = _ladder(min(probe.width, probe.height), limits)
-    # Each rendition is scaled from the next larger one, which costs less than from the source.
-    graph, larger = [], "[0:v:0]"
-    for i in reversed(range(len(ladder))):
-        size = f"{ladder[i]}:-2" if portrait else f"-2:{ladder[i]}"
-        graph.append(f"{larger}scale={size}" + (f",split[v{i}][s{i}]" if i else "[v0]"))
-        larger = f"[s{i}]"
-    maps, streams = [], []
-    for i, size in enumerate(ladder):
-        kbps = _maxrate_kbps(size)
-        maps += ["-map", f"[v{i}]", f"-maxrate:v:{i}", f"{kbps}k",
-                 f"-bufsize:v:{i}", f"{2 * kbps}k"]
-        if probe.has_audio:
-            maps += ["-map", "0:a:0"]
-        streams.append(f"v:{i},a:{i}" if probe.has_audio else f"v:{i}")
-    return [*_ffmpeg_input(src, limits), "-filter_complex", ";".join(graph), *maps,
-            "-c:v", "libx264", "-preset", limits.x264_preset, "-crf", "23", "-pix_fmt", "yuv420p",
-            # Keyframes every segment and only there, at the same instants in every rendition,
-            # so that players can switch renditions at any segment boundary.
-            "-force_key_frames", f"expr:gte(t,n_forced*{_SEGMENT_S})", "-sc_threshold", "0",
-            "-c:a", "aac", "-b:a", "128k", "-ac", "2", "-map_metadata", "-1", "-map_chapters", "-1",
-            "-f", "hls", "-hls_time", str(_SEGMENT_S), "-hls_playlist_type", "vod",
-            "-hls_segment_type", "mpegts", "-hls_flags", "independent_segments",
-            "-master_pl_name", "master.m3u8", "-hls_segment_filename", "v%v/seg_%05d.ts",
-            "-var_stream_map", " ".join(streams), "v%v/index.m3u8"]
-
-
-def _poster_command(src: Path, at_s: float, limits: ProcessingLimits) -> list[str]:
-    """One frame as poster.jpg, at most `large_px` a side; bitexact leaves out the encoder's
-    comment, and the JPEG muxer writes no EXIF."""
-    fit = f"w='min(iw,{limits.large_px})':h='min(ih,{limits.large_px})'"
-    return [*_ffmpeg_input(src, limits, "-ss", f"{at_s:.3f}"), "-map", "0:v:0", "-frames:v", "1",
-            "-vf", f"scale={fit}:force_original_aspect_ratio=decrease",
-            "-map_metadata", "-1", "-flags:v", "+bitexact", "-q:v", "3", "-update", "1",
-            "poster.jpg"]
-
-
-def _playlist_seconds(playlist: Path) -> float:
-    """A media playlist's length: the sum of its segments' EXTINF durations."""
-    return round(sum(float(line[8:].split(",")[0]) for line in playlist.read_text().splitlines()
-                     if line.startswith("#EXTINF:")), 2)
 
 
 def _hls_files(out_dir: Path) -> list[OutputFile]:

@@ -1,7 +1,9 @@
 """End to end through the gateway of `asyncsns-stack up`: accounts, the graph, a restart."""
 
 import io
+import json
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -159,6 +161,37 @@ def test_a_photo_uploaded_through_the_gateway_reaches_a_follower(stack: RunningS
 
     avatar = api.patch("/api/profiles/me", headers=as_author, json={"avatar_media_id": media_id})
     assert avatar.status_code == 200 and avatar.json()["avatar_url"] == shown["variants"]["thumb"]
+
+
+def test_a_video_becomes_hls_a_standard_player_reads_through_the_gateway(
+        stack: RunningStack, tmp_path: Path) -> None:
+    api = httpx.Client(base_url=stack.url, timeout=10)
+    _, headers = sign_up_and_log_in(api, "video_author")
+    clip = tmp_path / "clip.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=s=640x360:r=25:d=3", "-f", "lavfi", "-i", "sine=d=3",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+                    "-shortest", str(clip)], check=True)
+    reserved = api.post("/api/media", headers=headers, json={
+        "content_type": "video/mp4", "size": clip.stat().st_size}).json()
+    form = reserved["upload"]
+    sent = httpx.post(form["url"], data=form["fields"],
+                      files={"file": ("clip.mp4", clip.read_bytes(), "video/mp4")})
+    assert sent.status_code == 204, sent.text
+    view = eventually(api, f"/api/media/{reserved['media_id']}", headers,
+                      lambda body: body["status"] != "pending" and body["status"] != "processing",
+                      timeout_s=60)
+    assert view["status"] == "ready" and abs(view["duration_s"] - 3.0) < 0.2, view
+    master = httpx.get(view["variants"]["hls"])
+    assert master.headers["content-type"] == "application/vnd.apple.mpegurl"
+    assert "#EXT-X-STREAM-INF" in master.text
+    assert httpx.get(view["variants"]["poster"]).headers["content-type"] == "image/jpeg"
+    # ffprobe plays the part of a standard HLS player: playlists and segments over HTTP.
+    probe = subprocess.run(["ffprobe", "-v", "error", "-of", "json", "-show_streams",
+                            view["variants"]["hls"]], capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    heights = {s.get("height") for s in json.loads(probe.stdout)["streams"]}
+    assert {240, 360} <= heights
 
 
 def test_follow_block_and_a_restart_that_keeps_users(stack: RunningStack,

@@ -16,18 +16,14 @@ from chassis.testing import assert_problem, serve_in_process, wait_until
 from post_svc import media_worker
 
 from .conftest import MEDIA_BASE_URL
+from .test_mediaproc import camera_jpeg, png_bomb
 
 
-def jpeg_with_gps(width: int = 400, height: int = 200) -> bytes:
-    """A landscape JPEG whose EXIF says: camera, GPS position, and 'rotate 90° to view'
-    (orientation 6); its top-left corner is red."""
-    image = Image.new("RGB", (width, height), "blue")
-    image.paste("red", (0, 0, width // 4, height // 4))
-    exif = Image.Exif()
-    exif[0x010F], exif[0x0110], exif[0x0112] = "Camera Maker", "Model X", 6
-    exif[0x8825] = {1: "N", 2: (35.0, 39.0, 29.0), 3: "E", 4: (139.0, 44.0, 28.0)}
+def jpeg_with_gps() -> bytes:
+    """test_mediaproc's camera photo (landscape, stored sideways, blue top-left corner, camera
+    and GPS EXIF), as bytes."""
     out = io.BytesIO()
-    image.save(out, "JPEG", exif=exif, quality=90)
+    camera_jpeg(out)
     return out.getvalue()
 
 
@@ -145,8 +141,8 @@ async def test_a_photo_comes_out_upright_without_exif_in_every_variant(
         assert image.format == "WEBP" and not image.getexif(), name
         assert not {"exif", "xmp", "icc_profile"} & set(image.info), name
         assert image.height > image.width, name
-        r, g, b = image.convert("RGB").getpixel((image.width - 2, 1))  # red moved top right
-        assert r > 200 and b < 60, name
+        r, g, b = image.convert("RGB").getpixel((image.width - 2, 1))  # blue moved top right
+        assert b > 180 and r < 80, name
     thumb = view["variants"]["thumb"].removeprefix(f"{MEDIA_BASE_URL}/")
     head = storage.s3.head_object(Bucket=storage.media, Key=f"media/{thumb}")
     assert head["ContentType"] == "image/webp" and "immutable" in head["CacheControl"]
@@ -184,8 +180,6 @@ async def test_a_file_larger_than_declared_fails(client, worker, user, storage):
 
 
 async def test_a_decompression_bomb_is_refused(client, worker, user, storage):
-    from .test_mediaproc import png_bomb
-
     alice = await user()
     media_id = await upload(client, alice, png_bomb(), "image/png")
     view = await settled(client, alice, media_id)

@@ -2,7 +2,7 @@
 UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 export UV_LINK_MODE ?= copy
 
-.PHONY: up test install deps bench catalog lint compose-config clean
+.PHONY: up test install deps bench bench-media catalog lint compose-config clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -18,6 +18,9 @@ test: install
 
 bench: install
 	$(UV) run --frozen python -m bench $(ARGS)
+
+bench-media: install
+	$(UV) run --frozen python -m bench.media $(ARGS)
 
 catalog: install
 	$(UV) run --frozen python -m chassis.catalog profile_svc.events post_svc.events > docs/event-catalog.json

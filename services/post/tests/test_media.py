@@ -6,17 +6,20 @@ import asyncio
 import base64
 import io
 import json
+import os
+import signal
+import sys
 from datetime import UTC, datetime
 
 import httpx
 import pytest
 from PIL import Image
 
-from chassis.testing import assert_problem, serve_in_process, wait_until
+from chassis.testing import assert_problem, aws_client, free_port, serve_in_process, wait_until
 from post_svc import media_worker
 
 from .conftest import MEDIA_BASE_URL
-from .test_mediaproc import camera_jpeg, png_bomb
+from .test_mediaproc import camera_jpeg, ffmpeg, png_bomb
 
 
 def jpeg_with_gps() -> bytes:
@@ -279,5 +282,50 @@ async def test_processing_survives_a_failure_midway_and_repeats_change_nothing(
         return sum(int(v) for v in attributes["Attributes"].values()) == 0
 
     await wait_until(drained, "the repeat to be handled")
+    ready = [e for e in await events.drain(1, timeout_s=3) if e["type"] == "media.ready"]
+    assert len(ready) == 1
+
+
+def settings_env(settings) -> dict[str, str]:
+    """The settings as the environment a service process reads them from."""
+    return {key.upper(): json.dumps(value) if isinstance(value, (list, tuple, dict))
+            else str(value) for key, value in settings.model_dump().items() if value is not None}
+
+
+async def test_a_worker_killed_mid_video_leaves_the_upload_to_the_next_one(
+        client, user, settings, storage, events, tmp_path):
+    """SIGKILL the worker process while ffmpeg runs: the upload stays `processing`, its
+    message comes back after the visibility timeout, and a new worker makes it ready once."""
+    settings = settings.model_copy(update={"consumer_visibility_timeout_s": 2})
+    sqs = aws_client("sqs", settings.aws_endpoint_url)
+    sqs.set_queue_attributes(QueueUrl=storage.queue_url, Attributes={"VisibilityTimeout": "2"})
+    clip = tmp_path / "clip.mp4"
+    await asyncio.to_thread(ffmpeg, "-f", "lavfi", "-i", "testsrc2=s=1280x720:r=30:d=20",
+                            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+                            str(clip))
+    alice = await user()
+    first = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "uvicorn", "--factory", "post_svc.media_worker:build_app",
+        "--host", "127.0.0.1", "--port", str(free_port()), env={**os.environ,
+                                                               **settings_env(settings)},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        media_id = await upload(client, alice, clip.read_bytes(), "video/mp4")
+
+        async def ffmpeg_running() -> bool:
+            view = (await client.get(f"/api/media/{media_id}", headers=alice.headers)).json()
+            return view["status"] == "processing"
+
+        await wait_until(ffmpeg_running, "the first worker to be processing", timeout_s=30)
+        await asyncio.sleep(1)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+    assert (await client.get(f"/api/media/{media_id}", headers=alice.headers)).json()[
+        "status"] == "processing"
+    async with serve_in_process(media_worker.build_app(settings)):
+        view = await settled(client, alice, media_id)
+    assert view["status"] == "ready" and set(view["variants"]) == {"hls", "poster"}
+    assert abs(view["duration_s"] - 20) < 0.2
     ready = [e for e in await events.drain(1, timeout_s=3) if e["type"] == "media.ready"]
     assert len(ready) == 1

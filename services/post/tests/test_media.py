@@ -329,3 +329,19 @@ async def test_a_worker_killed_mid_video_leaves_the_upload_to_the_next_one(
     assert abs(view["duration_s"] - 20) < 0.2
     ready = [e for e in await events.drain(1, timeout_s=3) if e["type"] == "media.ready"]
     assert len(ready) == 1
+
+
+async def test_an_upload_whose_file_never_comes_is_given_up_and_its_post_goes_out(
+        client, user, post, settings, events):
+    settings = settings.model_copy(update={"media_abandoned_after_s": 0.5,
+                                           "media_sweep_interval_s": 0.2})
+    alice = await user()
+    reserved = await request_upload(client, alice)
+    created = await post(alice, "the photo never came", media_ids=[reserved["media_id"]])
+    assert created["published"] is False
+    async with serve_in_process(media_worker.build_app(settings)):
+        view = await settled(client, alice, reserved["media_id"])
+    assert view["status"] == "failed" and "never uploaded" in view["error"]
+    published = {e["type"]: e["data"] for e in await events.drain(2)}
+    assert published["post.created"]["post_id"] == created["id"]
+    assert published["post.created"]["media"] == []

@@ -12,9 +12,10 @@ are fixed per upload, so the second run overwrites the first's.
 """
 
 import asyncio
+import functools
 import logging
 import tempfile
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
@@ -43,6 +44,9 @@ _MEDIA = Media.__table__
 _FOR_SETTLING = select(_MEDIA).where(_MEDIA.c.id == bindparam("id")).with_for_update()
 _UPDATE = update(_MEDIA).where(_MEDIA.c.id == bindparam("media_id"))
 UNSETTLED = ("pending", "processing")
+_ABANDONED = (select(_MEDIA.c.id).where(_MEDIA.c.status == "pending",
+                                        _MEDIA.c.created_at < bindparam("before"))
+              .order_by(_MEDIA.c.created_at).limit(100))
 
 
 def decode_upload(delivery: Delivery) -> Envelope | None:
@@ -92,6 +96,29 @@ def settle(conn: Connection, media_id: str, *, error: str | None = None,
          subject=f"media:{media_id}", actor=row.owner_id)
     if row.post_id is not None:
         publish_waiting(conn, row.post_id)
+
+
+def give_up_abandoned(conn: Connection, before: datetime) -> int:
+    """Fail uploads whose file never came (the form expired long ago), so that the posts
+    waiting for them go out; returns how many."""
+    ids = list(conn.execute(_ABANDONED, {"before": before}).scalars())
+    for media_id in ids:
+        settle(conn, media_id, error="the file was never uploaded")
+    return len(ids)
+
+
+async def sweep(app: FastAPI, settings: PostSettings) -> None:
+    """Give up abandoned uploads now and then (every worker may; settling is idempotent)."""
+    while True:
+        try:
+            before = utcnow() - timedelta(seconds=settings.media_abandoned_after_s)
+            given_up = await app.state.db.run(functools.partial(give_up_abandoned,
+                                                                before=before))
+            if given_up:
+                log.info("gave up %d uploads whose file never came", given_up)
+        except Exception:
+            log.exception("sweeping abandoned uploads failed; trying again later")
+        await asyncio.sleep(settings.media_sweep_interval_s)
 
 
 class MediaWorker:
@@ -181,6 +208,7 @@ def build_app(settings: PostSettings | None = None) -> FastAPI:
         app.state.s3 = await app.state.exit_stack.enter_async_context(
             app.state.aws.client("s3", **settings.aws_client_kwargs()))
         holder["worker"] = MediaWorker(app, settings)
+        app.state.tasks["abandoned-uploads"] = asyncio.create_task(sweep(app, settings))
 
     return create_app(settings, ServiceSpec(
         name="media-worker", metadata=Base.metadata, routers=[], on_startup=start,

@@ -27,5 +27,8 @@ class PostSettings(ServiceSettings):
                                     "audio/webm")
     audio_max_bytes: int = 50 * 1024 * 1024
     alt_text_max: int = 1500
-    # The worker: how many uploads it processes at once (each ffmpeg run uses every core).
+    # The worker: how many uploads it processes at once (each ffmpeg run uses every core),
+    # and when an upload whose file never came is given up (failed, so its post goes out).
     media_worker_concurrency: int = 2
+    media_abandoned_after_s: float = 3600.0
+    media_sweep_interval_s: float = 60.0

@@ -65,10 +65,11 @@ def settled(conn: Connection, envelope: Envelope) -> None:
     conn.execute(insert_(_UPLOADS).values(row).on_conflict_do_nothing())
     if not ready or media.kind != "image":
         return
-    profile = conn.execute(select(_PROFILES).where(
-        _PROFILES.c.user_id == media.owner_id,
-        _PROFILES.c.avatar_media_id == media.media_id)).first()
-    if profile is None or profile.avatar_url == row["avatar_url"]:
+    # Locked by user alone: a PATCH naming this upload right now is waited for and seen.
+    profile = conn.execute(select(_PROFILES).where(_PROFILES.c.user_id == media.owner_id)
+                           .with_for_update()).first()
+    if (profile is None or profile.avatar_media_id != media.media_id
+            or profile.avatar_url == row["avatar_url"]):
         return
     conn.execute(update(_PROFILES).where(_PROFILES.c.user_id == profile.user_id)
                  .values(avatar_url=row["avatar_url"], updated_at=utcnow()))

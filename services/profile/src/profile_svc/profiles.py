@@ -107,11 +107,14 @@ async def edit_me(body: ProfileEdit, user: CurrentUser, db: DatabaseDep,
                   cache: CacheDep) -> ProfileView:
     """Change display name, bio or avatar; fields left out stay as they are."""
     async with db.transaction() as session:
-        profile = await session.get(Profile, user.id)
+        # Locked: a `media.ready` handled meanwhile either finds the new avatar_media_id or
+        # has stored the upload that the lookup below then finds (avatars.settled locks too).
+        profile = await session.get(Profile, user.id, with_for_update=True)
         if profile is None:
             raise not_found("user")
         changes = body.model_dump(exclude_unset=True, exclude_none=True)
-        if "avatar_media_id" in changes and changes["avatar_media_id"] != profile.avatar_media_id:
+        if "avatar_media_id" in changes and (changes["avatar_media_id"] != profile.avatar_media_id
+                                             or profile.avatar_url is None):
             # Shown at once if the upload is ready; else when the post service says it is.
             upload = await session.get(Upload, changes["avatar_media_id"])
             profile.avatar_url = avatars.avatar_url_for(upload, user.id)

@@ -2,3 +2,4 @@
 CREATE DATABASE "profile";
 CREATE DATABASE "post";
 CREATE DATABASE "query";
+CREATE DATABASE "chat";

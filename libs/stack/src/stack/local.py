@@ -131,7 +131,7 @@ class Stack:
                 service_env, outputs, service.name, database_url=db, redis_url=redis_url,
                 endpoint_url=endpoint, topology=opts.topology, search_url=search,
                 public_url=public_url)
-            for replica in range(opts.replicas.get(service.name, 1)):
+            for replica in range(opts.replicas.get(service.name, service.replicas)):
                 port += 1
                 name = service.name if replica == 0 else f"{service.name}-{replica + 1}"
                 child = self.child(name, _uvicorn(f"{service.name}_svc.main:build_app", port),

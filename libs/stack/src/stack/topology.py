@@ -56,6 +56,7 @@ class Service:
     needs_media: bool = False  # the media buckets and their public URLs
     workers: tuple[Worker, ...] = ()
     system_packages: tuple[str, ...] = ()  # Debian packages its image needs (ffmpeg)
+    replicas: int = 1  # how many the launcher and compose run unless told otherwise
 
     @property
     def path_routes(self) -> tuple[tuple[str | None, str], ...]:
@@ -166,8 +167,23 @@ TOPOLOGY = Topology(
                 Subscription("query-post", "post", (
                     "post.created", "post.edited", "post.deleted", "post.liked",
                     "post.unliked")),
+                Subscription("query-chat", "chat", (
+                    "chat.channel_created", "chat.members_changed", "chat.message_posted",
+                    "chat.message_changed")),
                 Subscription("archive-profile", "profile", archive=True),
                 Subscription("archive-post", "post", archive=True),
+                Subscription("archive-chat", "chat", archive=True),
+            ),
+        ),
+        Service(
+            name="chat",
+            port=8104,
+            routes=("/api/chat/", "/ws/chat"),
+            needs_redis=True,
+            replicas=2,  # sessions on either replica reach each other through Redis
+            subscriptions=(
+                Subscription("chat-profile", "profile", (
+                    "profile.created", "graph.blocked", "graph.unblocked")),
             ),
         ),
     ),

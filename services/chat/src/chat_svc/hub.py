@@ -1,0 +1,199 @@
+"""The fan-out between replicas: every change is published once to Redis, every replica hears
+it and hands the same encoded frame to the sessions of the members it holds.
+
+A published payload is a small header line (channel, seq, members) and the frame as the
+clients get it, so a replica routes it without decoding the frame and every session sends the
+same bytes. Redis pub/sub delivers at most once: a payload lost while Redis restarts or a
+replica reconnects is recovered from the store (a session fills any gap in a channel's seqs
+before it sends what follows, and after the hub resubscribes every session catches up).
+
+Presence is a key per user with a short expiry that each replica refreshes for the users it
+holds; a user's presence frame goes out at most once per `presence_gate_s`.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+from prometheus_client import Counter
+from redis.asyncio import Redis
+
+log = logging.getLogger("chat.hub")
+FANOUT = "chat:fanout"
+ONLINE = "chat:online:"
+GATE = "chat:presence-gate:"
+DELIVERED = Counter("chat_frames_delivered_total", "Frames handed to local sessions", ["kind"])
+DROPPED = Counter("chat_sessions_dropped_total", "Sessions closed: they could not keep up")
+FANOUT_FAILURES = Counter("chat_fanout_publish_failures_total",
+                          "Publishes to Redis that failed (the store still has the change)")
+
+
+class Receiver(Protocol):
+    user_id: str
+
+    def offer(self, kind: str, channel_id: str, seq: int | None, frame: bytes) -> None: ...
+
+    async def catch_up(self) -> None: ...
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    return json.dumps(frame, separators=(",", ":"), default=str).encode()
+
+
+class Hub:
+    """This replica's sessions by user, and its end of the Redis fan-out."""
+
+    def __init__(self, redis: Redis, *, presence_ttl_s: int = 60,
+                 presence_gate_s: float = 10.0) -> None:
+        self.redis = redis
+        self.replica = uuid.uuid4().hex[:12]
+        self.sessions: dict[str, set[Receiver]] = defaultdict(set)
+        self._presence_ttl = presence_ttl_s
+        self._presence_gate = presence_gate_s
+        self.on_presence: Callable[[str, bool], Awaitable[None]] | None = None
+
+    # --- publishing ---------------------------------------------------------------------
+
+    async def publish(self, kind: str, channel_id: str, member_ids: Iterable[str],
+                      frame: dict[str, Any], seq: int | None = None) -> None:
+        """Send a frame to every live session of these members, on every replica."""
+        header = {"k": kind, "c": channel_id, "s": seq, "m": list(member_ids)}
+        payload = json.dumps(header, separators=(",", ":")).encode() + b"\n" + encode(frame)
+        try:
+            await self.redis.publish(FANOUT, payload)
+        except Exception:
+            FANOUT_FAILURES.inc()
+            log.warning("fan-out of %s in %s failed; sessions catch up from the store",
+                        kind, channel_id, exc_info=True)
+
+    # --- receiving ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Listen until cancelled; after a lost subscription, resubscribe and have every
+        session catch up on what it may have missed meanwhile."""
+        backoff, first = 0.2, True
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(FANOUT)
+                if not first:
+                    log.info("fan-out resubscribed; %d users' sessions catch up",
+                             len(self.sessions))
+                    await self._all_catch_up()
+                first, backoff = False, 0.2
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        self.deliver(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("fan-out subscription lost; retrying in %.1fs", backoff,
+                            exc_info=True)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def deliver(self, payload: bytes) -> None:
+        header_line, _, frame = payload.partition(b"\n")
+        header = json.loads(header_line)
+        kind = header["k"]
+        for user_id in header["m"]:
+            for session in tuple(self.sessions.get(user_id, ())):
+                session.offer(kind, header["c"], header["s"], frame)
+                DELIVERED.labels(kind).inc()
+
+    async def _all_catch_up(self) -> None:
+        for sessions in list(self.sessions.values()):
+            for session in tuple(sessions):
+                await session.catch_up()
+
+    # --- sessions and presence ----------------------------------------------------------
+
+    async def join(self, session: Receiver) -> None:
+        first = not self.sessions.get(session.user_id)
+        self.sessions[session.user_id].add(session)
+        if first:
+            try:
+                await self.redis.set(ONLINE + session.user_id, self.replica,
+                                     ex=self._presence_ttl)
+                await self._announce(session.user_id, True)
+            except Exception:
+                log.warning("could not record presence of %s", session.user_id, exc_info=True)
+
+    async def leave(self, session: Receiver) -> None:
+        held = self.sessions.get(session.user_id)
+        if held is None:
+            return
+        held.discard(session)
+        if held:
+            return
+        del self.sessions[session.user_id]
+        try:
+            # Another replica holding this user sets the key again on its next refresh.
+            await self.redis.delete(ONLINE + session.user_id)
+            await self._announce(session.user_id, False)
+        except Exception:
+            log.warning("could not clear presence of %s", session.user_id, exc_info=True)
+
+    async def _announce(self, user_id: str, online: bool) -> None:
+        """A presence frame, at most once per gate interval per user and state."""
+        gate = f"{GATE}{user_id}:{int(online)}"
+        if self.on_presence and await self.redis.set(gate, 1, nx=True,
+                                                     px=int(self._presence_gate * 1000)):
+            await self.on_presence(user_id, online)
+
+    async def online(self, user_ids: list[str]) -> set[str]:
+        """Which of these users have a live session on some replica."""
+        if not user_ids:
+            return set()
+        local = {u for u in user_ids if self.sessions.get(u)}
+        rest = [u for u in user_ids if u not in local]
+        if not rest:
+            return local
+        try:
+            values = await self.redis.mget([ONLINE + u for u in rest])
+        except Exception:
+            log.warning("presence unknown (Redis); treating remote users as offline",
+                        exc_info=True)
+            return local
+        return local | {u for u, value in zip(rest, values, strict=True) if value is not None}
+
+    async def refresh_presence(self) -> None:
+        """Keep the presence keys of the users held here alive (every third of their TTL)."""
+        while True:
+            await asyncio.sleep(self._presence_ttl / 3)
+            users = list(self.sessions)
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for user_id in users:
+                        pipe.set(ONLINE + user_id, self.replica, ex=self._presence_ttl)
+                    await pipe.execute()
+            except Exception:
+                log.warning("could not refresh presence of %d users", len(users),
+                            exc_info=True)
+
+
+class Throttle:
+    """At most one event per key per interval (typing indicators), in this process."""
+
+    def __init__(self, interval_s: float, max_keys: int = 100_000) -> None:
+        self._interval = interval_s
+        self._last: dict[Any, float] = {}
+        self._max = max_keys
+
+    def allow(self, key: Any) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -self._interval) < self._interval:
+            return False
+        if len(self._last) >= self._max:
+            self._last.clear()
+        self._last[key] = now
+        return True

@@ -1,0 +1,281 @@
+"""WebSocket sessions at /ws/chat.
+
+The first frame must be `{"type": "auth", "token": ...}` within `ws_auth_timeout_s` (never a
+token in the URL): otherwise the socket closes with 4401. A browser's Origin must be one of
+`ws_allowed_origins` when that is set (4403). Frames over `ws_frame_max_bytes` close it with
+1009; bad JSON, unknown types and bad fields get an `error` frame and the session goes on.
+
+Everything a session sends goes through its own bounded queue and one writer task, in order.
+A client that lets the queue fill is dropped (4408) rather than slowing anyone else. The
+writer also keeps each channel's frames gapless: it remembers the last seq it sent per
+channel, skips what it sent already and, seeing a seq beyond the next one, first sends what
+lies between from the store. After `sync` a client has every change after its cursors.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from chassis.auth import User
+from chassis.problems import Problem
+
+from . import commands
+from .actions import Chat, json_ready, message_frame
+from .hub import DROPPED, Throttle, encode
+
+log = logging.getLogger("chat.ws")
+router = APIRouter()
+
+AUTH_FAILED, FORBIDDEN_ORIGIN, TOO_SLOW, TOO_BIG = 4401, 4403, 4408, 1009
+_STOP = object()
+
+
+class Session:
+    """One authenticated connection: its send queue, its writer, its per-channel cursors."""
+
+    def __init__(self, ws: WebSocket, user: User, chat: Chat) -> None:
+        self.ws = ws
+        self.user = user
+        self.user_id = user.id
+        self.chat = chat
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(chat.settings.ws_send_queue_max)
+        self.sent: dict[str, int] = {}  # channel -> the last seq this connection sent
+        self.closing: int | None = None
+
+    # --- what others hand to this session (never blocks) ----------------------------------
+
+    def offer(self, kind: str, channel_id: str, seq: int | None, frame: bytes) -> None:
+        self._put((kind, channel_id, seq, frame))
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self._put(("direct", None, None, encode(frame)))
+
+    async def catch_up(self) -> None:
+        """After the fan-out was interrupted: every tracked channel, from its cursor."""
+        self._put(("sync", None, None, dict(self.sent)))
+
+    def request_sync(self, cursors: dict[str, int]) -> None:
+        self._put(("sync", None, None, cursors))
+
+    def _put(self, item: Any) -> None:
+        if self.closing is not None:
+            return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            DROPPED.inc()
+            log.info("dropping %s's session: %d frames waiting", self.user_id, self.queue.qsize())
+            self.closing = TOO_SLOW
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue.get_nowait()
+                self.queue.put_nowait(_STOP)
+
+    # --- the writer -----------------------------------------------------------------------
+
+    async def write(self) -> None:
+        while True:
+            item = await self.queue.get()
+            if item is _STOP:
+                return
+            kind, channel_id, seq, payload = item
+            if kind == "sync":
+                await self._sync(payload)
+            elif kind == "message":
+                await self._message(channel_id, seq, payload)
+            else:
+                await self.ws.send_text(payload.decode())
+
+    async def _message(self, channel_id: str, seq: int, frame: bytes) -> None:
+        last = self.sent.get(channel_id)
+        if last is not None and seq <= last:
+            return  # sent already (by a sync or a gap fill)
+        if last is not None and seq > last + 1:
+            await self._fill(channel_id, last, seq)
+            if self.sent.get(channel_id, 0) >= seq:
+                return
+        self.sent[channel_id] = seq
+        await self.ws.send_text(frame.decode())
+
+    async def _fill(self, channel_id: str, after: int, upto: int) -> None:
+        """Send the changes between `after` and `upto` from the store, in seq order."""
+        limit = max(upto - after, 1)
+        changes = await self.chat.db.run(
+            lambda conn: commands.changes_since(conn, channel_id, after, limit))
+        for message in changes:
+            if message["change_seq"] > upto:
+                break
+            self.sent[channel_id] = message["change_seq"]
+            await self.ws.send_text(encode(message_frame(message)).decode())
+        # Changes superseded by later ones leave no row of their own: past them all now.
+        self.sent[channel_id] = max(self.sent.get(channel_id, after), upto - 1)
+
+    async def _sync(self, cursors: dict[str, int]) -> None:
+        """Every change after each cursor, for the caller's channels among them; channels
+        not named start from 0. Ends with a `synced` frame with the new cursors and the
+        channels that have more than one page left (fetch them over HTTP)."""
+        page = self.chat.settings.sync_page_max
+        user = self.user_id
+
+        def read(conn: Any) -> dict[str, list[dict[str, Any]]]:
+            mine = commands.channel_ids_of(conn, user)
+            return {c: commands.changes_since(conn, c, cursors.get(c, 0), page + 1)
+                    for c in mine}
+
+        changes = await self.chat.db.run(read)
+        more = []
+        for channel_id, listed in changes.items():
+            if len(listed) > page:
+                more.append(channel_id)
+                listed = listed[:page]
+            start = cursors.get(channel_id, 0)
+            self.sent[channel_id] = max(self.sent.get(channel_id, 0), start)
+            for message in listed:
+                if message["change_seq"] > self.sent[channel_id]:
+                    self.sent[channel_id] = message["change_seq"]
+                    await self.ws.send_text(encode(message_frame(message)).decode())
+        await self.ws.send_text(encode({"type": "synced", "cursors": {
+            c: self.sent[c] for c in changes}, "more": more}).decode())
+
+
+async def _authenticate(ws: WebSocket, chat: Chat) -> User | None:
+    """The first frame, within the deadline, must carry a valid access token."""
+    settings = chat.settings
+    try:
+        raw = await asyncio.wait_for(ws.receive_text(), settings.ws_auth_timeout_s)
+        frame = json.loads(raw)
+        if not isinstance(frame, dict) or frame.get("type") != "auth":
+            raise ValueError("the first frame must be auth")
+        token = frame.get("token")
+        if not isinstance(token, str) or len(token) > settings.max_body_bytes:
+            raise ValueError("no token")
+        return await ws.app.state.verifier.verify(token)
+    except (TimeoutError, ValueError, KeyError, Problem, WebSocketDisconnect):
+        return None
+    except Exception:
+        log.warning("authentication of a chat connection failed", exc_info=True)
+        return None
+
+
+@router.websocket("/ws/chat")
+async def chat_socket(ws: WebSocket) -> None:
+    chat: Chat = ws.app.state.chat
+    settings = chat.settings
+    origin = ws.headers.get("origin")
+    if settings.ws_allowed_origins and origin and origin not in settings.ws_allowed_origins:
+        await ws.close(code=FORBIDDEN_ORIGIN)
+        return
+    await ws.accept()
+    user = await _authenticate(ws, chat)
+    if user is None:
+        await ws.close(code=AUTH_FAILED, reason="authentication failed")
+        return
+    session = Session(ws, user, chat)
+    writer = asyncio.create_task(session.write())
+    await chat.hub.join(session)
+    session.send({"type": "ready", "user_id": user.id})
+    try:
+        await _receive(ws, session, chat, ws.app.state.typing)
+    finally:
+        await chat.hub.leave(session)
+        if not writer.done():
+            session.closing = session.closing or 1000
+            with contextlib.suppress(asyncio.QueueFull):
+                session.queue.put_nowait(_STOP)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer, 2)
+        if session.closing and ws.client_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close(code=session.closing)
+
+
+async def _receive(ws: WebSocket, session: Session, chat: Chat, typing: Throttle) -> None:
+    limit = chat.settings.ws_frame_max_bytes
+    while session.closing is None:
+        try:
+            message = await ws.receive()
+        except WebSocketDisconnect:
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        raw = message.get("text")
+        if raw is None and message.get("bytes") is not None:
+            raw = message["bytes"].decode("utf-8", "replace")
+        if raw is None:
+            continue
+        if len(raw) > limit:
+            session.closing = TOO_BIG
+            await ws.close(code=TOO_BIG, reason=f"frames are at most {limit} bytes")
+            return
+        try:
+            frame = json.loads(raw)
+        except ValueError:
+            session.send(_error("bad_json", "the frame is not JSON"))
+            continue
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            session.send(_error("bad_frame", "a frame is a JSON object with a type"))
+            continue
+        try:
+            await _handle(frame, session, chat, typing)
+        except Problem as problem:
+            body = problem.body(None)
+            session.send(_error(_code(problem), body.get("detail", ""), frame,
+                                errors=body.get("errors")))
+        except Exception:
+            log.exception("handling a %s frame failed", frame.get("type"))
+            session.send(_error("internal", "that did not work; try again", frame))
+
+
+async def _handle(frame: dict[str, Any], session: Session, chat: Chat, typing: Throttle) -> None:
+    kind, user = frame["type"], session.user
+    if kind == "ping":
+        session.send({"type": "pong"})
+    elif kind == "send":
+        channel_id = _channel(frame)
+        message, _ = await chat.send(user, channel_id, frame.get("client_msg_id"),
+                                     frame.get("text"))
+        session.send({"type": "ack", "client_msg_id": message["client_msg_id"],
+                      "channel_id": channel_id, "seq": message["seq"],
+                      "message": json_ready(message)})
+    elif kind == "typing":
+        channel_id = _channel(frame)
+        if typing.allow((user.id, channel_id)):
+            await chat.typing(user, channel_id)
+    elif kind == "read":
+        await chat.read(user, _channel(frame), frame.get("seq"))
+    elif kind == "sync":
+        cursors = frame.get("cursors", {})
+        if not isinstance(cursors, dict) or not all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                and v >= 0 for k, v in cursors.items()):
+            raise Problem(422, "cursors: an object of channel id -> last seq seen",
+                          errors=[{"field": "cursors", "message": "channel id -> seq"}])
+        session.request_sync(cursors)
+    else:
+        session.send(_error("unknown_type", f"unknown frame type {kind!r}", frame))
+
+
+def _channel(frame: dict[str, Any]) -> str:
+    channel_id = frame.get("channel_id")
+    if not isinstance(channel_id, str) or not 1 <= len(channel_id) <= 64:
+        raise Problem(422, "channel_id: required", errors=[
+            {"field": "channel_id", "message": "required"}])
+    return channel_id
+
+
+def _code(problem: Problem) -> str:
+    return {403: "forbidden", 404: "not_found", 409: "conflict"}.get(problem.status, "invalid")
+
+
+def _error(code: str, detail: str, frame: dict[str, Any] | None = None,
+           **extra: Any) -> dict[str, Any]:
+    error = {"type": "error", "code": code, "detail": detail}
+    if frame is not None:
+        for key in ("type", "client_msg_id", "channel_id"):
+            if isinstance(frame.get(key), str):
+                error["in_reply_to" if key == "type" else key] = frame[key]
+    return error | {k: v for k, v in extra.items() if v is not None}

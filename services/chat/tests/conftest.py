@@ -199,7 +199,7 @@ class Client:
     async def close(self) -> None:
         await self.conn.close()
         if self.reader:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self.reader
 
 

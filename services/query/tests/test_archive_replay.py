@@ -1,4 +1,5 @@
-"""Every event lands in the S3 archive; replaying it rebuilds the same read models."""
+"""Every event lands in the S3 archive; replaying it rebuilds the same read models and
+search indexes (posts and chat messages)."""
 
 from sqlalchemy import func, select
 
@@ -7,6 +8,7 @@ from chassis.testing import aws_client, wait_until
 from profile_svc import events as graph
 from query_svc.models import metadata
 from query_svc.replay import replay
+from query_svc.search import MessageScope
 from query_svc.search.factory import engine_from_url
 
 from .conftest import query_settings
@@ -22,6 +24,13 @@ async def test_archive_then_replay_into_a_fresh_store(client, bus, world, make_u
               post, world.like(bob, post_id), world.edit(post_id, "今日のラーメンは最高"),
               world.post(bob, "hello", reply_to=post_id), world.post(alice, "gone soon")]
     events.append(world.delete(events[-1].data["post_id"]))
+    channel = world.channel(alice, bob)
+    channel_id = channel.data["channel_id"]
+    message = world.message(channel_id, bob, "ラーメン食べに行こう")
+    events += [channel, message, world.edit_message(message.data["message"]["id"],
+                                                    "ラーメン食べに行こうか"),
+               world.message(channel_id, alice, "gone soon too")]
+    events.append(world.delete_message(events[-1].data["message"]["id"]))
     bus.publish(*events)
     s3 = aws_client("s3", moto_endpoint)
 
@@ -64,6 +73,12 @@ async def test_archive_then_replay_into_a_fresh_store(client, bus, world, make_u
                                                                   cursor=None)
             rebuilt_hits = await engine.search_posts(q, viewer, limit=20, cursor=None)
             assert rebuilt_hits.ids == live_hits.ids, q
+        scope = MessageScope(frozenset({channel_id}))
+        for q, count in (("ラーメン", 1), ("行こうか", 1), ("gone", 0)):
+            live_hits = await client.app.state.search.search_messages(q, scope, limit=20,
+                                                                     cursor=None)
+            rebuilt_hits = await engine.search_messages(q, scope, limit=20, cursor=None)
+            assert len(live_hits.ids) == count and rebuilt_hits.ids == live_hits.ids, q
     finally:
         await engine.close()
 

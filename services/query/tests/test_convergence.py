@@ -10,11 +10,11 @@ from chassis.db import Database
 from profile_svc import events as graph
 from query_svc.models import metadata
 from query_svc.projections import Projector
-from query_svc.search import Viewer
+from query_svc.search import MessageScope, Viewer
 from query_svc.search.factory import engine_from_url
 
 READ_MODELS = ("users", "edges", "posts", "post_stats", "post_versions", "likes", "post_tags",
-               "post_mentions", "timeline")
+               "post_mentions", "timeline", "chat_channels", "chat_members", "chat_messages")
 
 
 async def apply_all(url: str, search_url: str, events) -> tuple[dict, list]:
@@ -84,6 +84,51 @@ async def test_duplicates_and_reordering_converge(story, tmp_path, request):
         for q in ("ラーメン", "edited", "second"):
             expected = await in_order_search.search_posts(q, viewer, limit=20, cursor=None)
             got = await search.search_posts(q, viewer, limit=20, cursor=None)
+            assert got.ids == expected.ids, q
+        await search.close()
+    await in_order_search.close()
+
+
+@pytest.fixture
+def chat_story(world, make_user):
+    """A channel whose members change, messages edited, reacted to and deleted."""
+    alice, bob, carol = (make_user(n) for n in ("alice", "bob", "carol"))
+    channel = world.channel(alice, bob)
+    channel_id = channel.data["channel_id"]
+    ramen = world.message(channel_id, alice, "今日のラーメンは美味しかった")
+    gone = world.message(channel_id, bob, "ramen again tomorrow?")
+    ramen_id, gone_id = ramen.data["message"]["id"], gone.data["message"]["id"]
+    events = [channel, ramen, gone, world.change_members(channel_id, alice, add=(carol,)),
+              world.edit_message(ramen_id, "今日のラーメンは最高だった"),
+              world.react(ramen_id, carol, "🍜"), world.delete_message(gone_id),
+              world.change_members(channel_id, alice, remove=(bob,)),
+              world.message(channel_id, carol, "ramen club")]
+    return events, channel_id, (alice, bob, carol)
+
+
+async def test_chat_duplicates_and_reordering_converge(chat_story, tmp_path, request):
+    events, channel_id, (alice, _, carol) = chat_story
+    in_order, in_order_search = await apply_all(
+        f"sqlite+aiosqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'a.search'}", events)
+    assert sorted(row[1] for row in in_order["chat_members"]) == sorted(
+        [alice.user_id, carol.user_id])
+    scope = MessageScope(frozenset({channel_id}))
+    searches = {"ラーメン": 1, "最高": 1, "美味": 0, "ramen": 1, "tomorrow": 0}
+    for q, count in searches.items():
+        hits = await in_order_search.search_messages(q, scope, limit=20, cursor=None)
+        assert len(hits.ids) == count, q
+    rng = random.Random(request.node.name)
+    for attempt in range(3):
+        shuffled = events + rng.sample(events, len(events) // 2)  # duplicates
+        rng.shuffle(shuffled)
+        state, search = await apply_all(f"sqlite+aiosqlite:///{tmp_path / f'b{attempt}.db'}",
+                                        f"sqlite:///{tmp_path / f'b{attempt}.search'}",
+                                        shuffled)
+        for name in ("chat_channels", "chat_members", "chat_messages"):
+            assert state[name] == in_order[name], f"{name} differs after shuffle {attempt}"
+        for q in searches:
+            expected = await in_order_search.search_messages(q, scope, limit=20, cursor=None)
+            got = await search.search_messages(q, scope, limit=20, cursor=None)
             assert got.ids == expected.ids, q
         await search.close()
     await in_order_search.close()

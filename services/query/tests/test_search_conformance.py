@@ -1,12 +1,10 @@
 """One behaviour for every search engine: each test runs against each engine reachable.
 
 The embedded engine always runs (a fresh SQLite file per test); OpenSearch runs when
-OPENSEARCH_URL names a server (fresh indexes with a random prefix per test).
+OPENSEARCH_URL names a server (fresh indexes with a random prefix per test): the `engine`
+fixture in conftest.py.
 """
 
-import os
-import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,34 +13,10 @@ import pytest
 from chassis.pagination import encode_cursor
 from chassis.problems import Problem
 from query_svc.search import PostDoc, SearchEngine, UserDoc, Viewer
-from query_svc.search.embedded import EmbeddedSearch
-from query_svc.search.opensearch import OpenSearchEngine
-
-OPENSEARCH_URL = os.environ.get("OPENSEARCH_URL", "")
-ENGINES = [
-    "embedded",
-    pytest.param("opensearch", marks=pytest.mark.skipif(
-        not OPENSEARCH_URL, reason="OPENSEARCH_URL is not set: no OpenSearch server to test")),
-]
 
 # Recent, so that recency scores stay far from underflow whenever the suite runs.
 T0 = (datetime.now(UTC) - timedelta(days=30)).replace(microsecond=0)
 ANYONE = Viewer(user_id="id-viewer", username="viewer")
-
-
-@pytest.fixture(params=ENGINES)
-async def engine(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[SearchEngine]:
-    if request.param == "embedded":
-        engine: Any = EmbeddedSearch(str(tmp_path / "search.db"))
-    else:
-        engine = OpenSearchEngine(OPENSEARCH_URL, prefix=f"test-{uuid.uuid4().hex[:10]}-")
-    await engine.start()
-    try:
-        yield engine
-    finally:
-        if isinstance(engine, OpenSearchEngine):
-            await engine.client.indices.delete(index=f"{engine.posts_index},{engine.users_index}")
-        await engine.close()
 
 
 def post(post_id: str, text: str, *, author: str = "alice", at: datetime = T0,

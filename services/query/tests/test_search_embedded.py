@@ -1,5 +1,6 @@
 """The embedded engine's own promises: its early-stopping ranking walk returns exactly the
-full ranking, row keys follow creation time, and the parser's structure."""
+full ranking, row keys follow creation time, message pages need no sort, and the parser's
+structure."""
 
 import random
 import sqlite3
@@ -9,9 +10,10 @@ from typing import Any
 import pytest
 
 import query_svc.search.walk as walking
-from query_svc.search import PostDoc, Viewer
+from query_svc.search import MessageDoc, MessageScope, PostDoc, Viewer
 from query_svc.search.embedded import EmbeddedSearch
-from query_svc.search.query import Match, parse_post_query
+from query_svc.search.fts import SCHEMA, message_select
+from query_svc.search.query import Match, parse_message_query, parse_post_query
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 WORDS = ["ramen", "tea", "cake", "rain", "ラーメン", "美味しかった", "美味しい", "雨"]
@@ -130,3 +132,32 @@ def test_parsed_queries_keep_phrases_stems_and_filters():
     assert query.tags == ("ramen",) and query.authors == ("ann",) and query.has_media
     assert parse_post_query("ラーメン屋").required == (Match("ラーメン屋", cjk=True),)
     assert parse_post_query('"美味しい"').required == (Match("美味しい", cjk=True),)
+
+
+@pytest.mark.parametrize("q", ["ramen", "ramen -tea from:x", "since:2024-01-01"])
+def test_a_page_of_messages_is_read_in_key_order_without_sorting(q):
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(SCHEMA)
+    sql, params = message_select(parse_message_query(q), MessageScope(frozenset({"c1", "c2"}),
+                                                                      frozenset({"id-x"})),
+                                 after=12345, limit=21)
+    plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+    assert plan.startswith("SCAN message_text VIRTUAL TABLE") and "TEMP B-TREE" not in plan
+
+
+async def test_messages_of_one_millisecond_page_without_loss_or_repeats(tmp_path):
+    engine = EmbeddedSearch(str(tmp_path / "search.db"))
+    await engine.start()
+    for i in range(1100):  # more than one millisecond's keys
+        await engine.index_message(MessageDoc(f"m{i:04}", f"c{i % 2}", "id-a", "same moment",
+                                              NOW, 1))
+    scope = MessageScope(frozenset({"c0"}))
+    paged, cursor = [], None
+    while True:
+        hits = await engine.search_messages("moment", scope, limit=100, cursor=cursor)
+        paged += hits.ids
+        if not (cursor := hits.next_cursor):
+            break
+    assert sorted(paged) == [f"m{i:04}" for i in range(0, 1100, 2)]
+    assert len(paged) == len(set(paged))
+    await engine.close()

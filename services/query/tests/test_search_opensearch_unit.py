@@ -7,12 +7,15 @@ from typing import Any
 import pytest
 from opensearchpy.exceptions import ConflictError, TransportError
 
-from query_svc.search import PostDoc, UserDoc, Viewer
+from query_svc.search import MessageDoc, MessageScope, PostDoc, UserDoc, Viewer
 from query_svc.search.embedded import EmbeddedSearch
 from query_svc.search.factory import engine_from_url
 from query_svc.search.opensearch import OpenSearchEngine
 from query_svc.search.opensearch_bodies import (
     RECENCY_SCRIPT,
+    message_request,
+    message_search_body,
+    messages_index_body,
     post_request,
     post_search_body,
     posts_index_body,
@@ -21,7 +24,7 @@ from query_svc.search.opensearch_bodies import (
     users_index_body,
     visibility_filter,
 )
-from query_svc.search.query import parse_post_query, parse_user_query
+from query_svc.search.query import parse_message_query, parse_post_query, parse_user_query
 
 AT = datetime(2024, 3, 1, 12, 30, tzinfo=UTC)
 VIEWER = Viewer("id-me", "Me", following=frozenset({"id-b", "id-a"}),
@@ -169,6 +172,76 @@ def test_user_search_scores_the_username_tier_and_filters_terms():
         "followers_count": "desc"}
 
 
+# --- messages --------------------------------------------------------------------------------
+
+SCOPE = MessageScope(frozenset({"c2", "c1"}))
+
+
+def message(**fields: Any) -> MessageDoc:
+    values: dict[str, Any] = {"message_id": "m1", "channel_id": "c1", "sender_id": "id-a",
+                              "text": "今日のﾗｰﾒﾝ！Ｏｋ", "created_at": AT, "version": 4}
+    return MessageDoc(**(values | fields))
+
+
+def message_body(q: str, scope: MessageScope = SCOPE,
+                 after: list[Any] | None = None) -> dict[str, Any]:
+    return message_search_body(parse_message_query(q), scope, limit=11, after=after)
+
+
+def test_messages_index_analyzes_text_like_posts_and_keeps_ids_as_keywords():
+    body = messages_index_body("1s")
+    assert body["settings"]["analysis"] == posts_index_body()["settings"]["analysis"]
+    assert body["settings"]["index"]["refresh_interval"] == "1s"
+    mapping = body["mappings"]
+    assert mapping["dynamic"] == "strict"
+    assert mapping["properties"]["text"] == posts_index_body()["mappings"]["properties"]["text"]
+    for name in ("message_id", "channel_id", "sender_id"):
+        assert mapping["properties"][name] == {"type": "keyword"}
+    assert mapping["properties"]["created_at"]["type"] == "date"
+    assert mapping["properties"]["deleted"] == {"type": "boolean"}
+
+
+def test_messages_are_indexed_by_id_with_their_change_seq_as_external_version():
+    request = message_request("x-messages", message())
+    assert {k: request[k] for k in ("index", "id", "version", "version_type")} == {
+        "index": "x-messages", "id": "m1", "version": 4, "version_type": "external"}
+    assert request["body"] == {
+        "message_id": "m1", "channel_id": "c1", "sender_id": "id-a", "text": "今日のラーメン ok",
+        "created_at": "2024-03-01T12:30:00.000+00:00", "deleted": False}
+
+
+def test_a_deleted_message_is_a_tombstone_with_its_version():
+    assert message_request("x-messages", message(text="", deleted=True, version=6)) == {
+        "index": "x-messages", "id": "m1", "body": {"message_id": "m1", "deleted": True},
+        "version": 6, "version_type": "external"}
+
+
+def test_message_search_filters_by_channels_senders_days_and_tombstones():
+    scope = MessageScope(frozenset({"c1"}), sender_ids=frozenset({"id-b", "id-a"}))
+    boolean = message_body('ラーメン "new york" -spicy #ramen since:2024-01-02', scope)[
+        "query"]["bool"]
+    assert boolean["filter"] == [
+        {"term": {"deleted": False}}, {"terms": {"channel_id": ["c1"]}},
+        {"terms": {"sender_id": ["id-a", "id-b"]}},
+        {"range": {"created_at": {"gte": "2024-01-02T00:00:00.000+00:00"}}}]
+    assert boolean["must"] == [{"match_phrase": {"text": {"query": "ラーメン"}}},
+                               {"match_phrase": {"text": {"query": "new york"}}},
+                               {"match_phrase": {"text": {"query": "ramen"}}}]
+    assert boolean["must_not"] == [{"match_phrase": {"text": {"query": "spicy"}}}]
+    anyone = message_body("hello")["query"]["bool"]["filter"]
+    assert anyone[:2] == [{"term": {"deleted": False}}, {"terms": {"channel_id": ["c1", "c2"]}}]
+    assert len(anyone) == 2
+
+
+def test_message_search_is_newest_first_without_scores_and_pages_with_search_after():
+    body = message_body("hello", after=[1_700_000_000_000, "m9"])
+    assert body["sort"] == [{"created_at": "desc"}, {"message_id": "desc"}]
+    assert body["search_after"] == [1_700_000_000_000, "m9"]
+    assert body["size"] == 11 and body["_source"] is False and body["track_total_hits"] is False
+    assert "function_score" not in body["query"]
+    assert "search_after" not in message_body("hello")
+
+
 # --- the engine against a stand-in client -------------------------------------------------
 
 class FakeIndices:
@@ -221,12 +294,15 @@ async def fake() -> tuple[OpenSearchEngine, FakeClient]:
     return engine, client
 
 
-async def test_start_creates_only_missing_indexes_and_reset_recreates_both(fake):
+async def test_start_creates_only_missing_indexes_and_reset_recreates_every_one(fake):
     engine, client = fake
-    assert client.indices.calls == [("create", "t-posts")]
+    assert client.indices.calls == [("create", "t-posts"), ("create", "t-messages")]
     await engine.reset()
-    assert client.indices.calls[1:] == [("delete", "t-posts"), ("create", "t-posts"),
-                                        ("delete", "t-users"), ("create", "t-users")]
+    assert client.indices.calls[2:] == [("delete", "t-posts"), ("create", "t-posts"),
+                                        ("delete", "t-users"), ("create", "t-users"),
+                                        ("delete", "t-messages"), ("create", "t-messages")]
+    await engine.refresh()
+    assert client.indices.calls[-1] == ("refresh", "t-posts,t-users,t-messages")
 
 
 async def test_a_version_conflict_is_a_no_op_and_other_errors_are_not(fake):
@@ -255,6 +331,28 @@ async def test_search_after_cursor_round_trip(fake):
     anchors = [b["query"]["function_score"]["script_score"]["script"]["params"]["anchor"]
                for b in client.searched]
     assert anchors[0] == anchors[1]  # every page scores recency from the same moment
+
+
+async def test_message_search_pages_and_skips_the_server_for_an_empty_scope(fake):
+    engine, client = fake
+    client.pages = [[{"_id": f"m{i}", "sort": [1000 - i, f"m{i}"]} for i in range(3)],
+                    [{"_id": "m2", "sort": [998, "m2"]}]]
+    first = await engine.search_messages("ramen", SCOPE, limit=2, cursor=None)
+    assert first.ids == ["m0", "m1"] and first.next_cursor
+    second = await engine.search_messages("ramen", SCOPE, limit=2, cursor=first.next_cursor)
+    assert second.ids == ["m2"] and second.next_cursor is None
+    assert client.searched[1]["search_after"] == [999, "m1"]
+    for scope in (MessageScope(frozenset()), MessageScope(frozenset({"c1"}), frozenset())):
+        assert (await engine.search_messages("ramen", scope, limit=2, cursor=None)).ids == []
+    assert len(client.searched) == 2
+
+
+async def test_message_writes_are_versioned_and_a_conflict_is_a_no_op(fake):
+    engine, client = fake
+    client.error = ConflictError(409, "version_conflict_engine_exception", {})
+    await engine.index_message(message())
+    assert client.indexed[-1]["index"] == "t-messages"
+    assert client.indexed[-1]["version_type"] == "external"
 
 
 def test_engine_from_url_picks_the_engine(tmp_path):

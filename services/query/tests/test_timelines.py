@@ -205,7 +205,7 @@ async def test_bad_input_is_a_clear_4xx(client, make_user):
     assert_problem(await client.get("/api/timelines/home"), 401)
     assert_problem(await client.get("/api/timelines/home",
                                     headers={"Authorization": "Bearer garbage"}), 401)
-    assert_problem(await client.get("/api/search?q=x&type=messages", headers=user.headers), 400)
+    assert_problem(await client.get("/api/search?q=x&channel_id=c1", headers=user.headers), 422)
     assert_problem(await client.get("/api/search?q=", headers=user.headers), 422)
     assert_problem(await client.get("/api/search?q=" + "x" * 501, headers=user.headers), 422)
     assert_problem(await client.get("/api/timelines/tags/%23", headers=user.headers), 422)

@@ -43,7 +43,7 @@ class Receiver(Protocol):
 
 
 def encode(frame: dict[str, Any]) -> bytes:
-    return json.dumps(frame, separators=(",", ":"), default=str).encode()
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
 class Hub:

@@ -12,9 +12,10 @@ from chassis.auth import CurrentUser
 from chassis.cache import ViewCache
 from chassis.db import DatabaseDep
 from chassis.pagination import Cursor, Limit, Page
-from chassis.problems import Problem, invalid, not_found
+from chassis.problems import invalid, not_found
 from chassis.text import normalize_tag
 
+from .messages import MessageView, search_messages
 from .models import edges, post_mentions, post_tags, post_versions, posts, timeline, users
 from .search import SearchEngine
 from .views import (
@@ -168,13 +169,18 @@ SearchType = Literal["posts", "users", "messages"]
 @search_router.get("")
 async def search(user: CurrentUser, db: DatabaseDep, engine: SearchDep,
                  q: Annotated[str, Query(max_length=500)], type: SearchType = "posts",
-                 limit: Limit = 20, cursor: Cursor = None) -> Page[PostView] | Page[UserView]:
+                 channel_id: Annotated[str | None, Query(max_length=64)] = None,
+                 limit: Limit = 20, cursor: Cursor = None,
+                 ) -> Page[PostView] | Page[UserView] | Page[MessageView]:
     """Search posts (with the operators `from:`, `#tag`, `"phrase"`, `-word`, `since:`,
-    `until:`, `has:media`) or users; relevance first, recent posts boosted."""
-    if type == "messages":
-        raise Problem(400, "type=messages: message search arrives with the chat service",
-                      errors=[{"field": "type", "message": "messages is not searchable yet"}])
+    `until:`, `has:media`; relevance first, recent posts boosted), users, or chat messages
+    in the caller's channels (`channel_id=` for one of them; newest first)."""
+    if channel_id is not None and type != "messages":
+        raise invalid("channel_id", "only a search of type=messages takes a channel")
     async with db.sessions() as session:
+        if type == "messages":
+            return await search_messages(session, engine, user, q, channel_id=channel_id,
+                                         limit=limit, cursor=cursor)
         viewer = await search_viewer(session, user)
         if type == "users":
             hits = await engine.search_users(q, viewer, limit=limit, cursor=cursor)

@@ -4,6 +4,8 @@ Every row that events change carries the version that wrote it, so an event olde
 a row already holds is ignored: posts and likes by the post's `seq`, graph edges and
 profiles by the event's time and id. Counters move only when a row changes state (a like
 becomes active, a post goes live or is deleted), so duplicates never count twice.
+Chat channels keep the time and id of the membership event that last set their members,
+messages their `change_seq` (see `chat`).
 """
 
 from sqlalchemy import JSON, Boolean, Column, Index, Integer, String, Table, Text
@@ -112,4 +114,32 @@ timeline = Table(
     Column("post_id", String(ID), primary_key=True),
     Column("author_id", String(ID), nullable=False),
     Index("ix_timeline_author", "user_id", "author_id"),
+)
+
+# Chat: who is in each channel now, and the messages as message search shows them.
+chat_channels = Table(
+    "chat_channels", metadata,
+    Column("channel_id", String(ID), primary_key=True),
+    Column("changed_at", UTCDateTime, nullable=False),  # of the membership event applied
+    Column("changed_by", String(26), nullable=False),
+)
+
+chat_members = Table(
+    "chat_members", metadata,
+    Column("channel_id", String(ID), primary_key=True),
+    Column("user_id", String(ID), primary_key=True),
+    Index("ix_chat_members_user", "user_id", "channel_id"),
+)
+
+chat_messages = Table(
+    "chat_messages", metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("channel_id", String(ID), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("sender_id", String(ID), nullable=False),
+    Column("text", Text, nullable=False, default=""),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("edited_at", UTCDateTime),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("change_seq", Integer, nullable=False),  # the newest change applied
 )

@@ -4,14 +4,13 @@ Each handler is a synchronous unit of work (`chassis.consumer.Apply`) that commi
 consumer's inbox row. Handlers are order-safe: they compare the event's version with the
 row's, apply only what is newer, and move counters only on real state changes. The search
 index is written first, outside the transaction: it keeps the highest version per document,
-so if the unit then fails, the redelivery's second write changes nothing.
+so if the unit then fails, the redelivery's second write changes nothing. Chat events have
+their own module, `chat`; the row helpers all handlers share are in `rows`.
 """
 
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, and_, bindparam, delete, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from chassis.cache import ViewCache
@@ -21,6 +20,7 @@ from chassis.events import Envelope
 from post_svc import events as post_events
 from profile_svc import events as profile_events
 
+from . import chat
 from .models import (
     edges,
     likes,
@@ -32,6 +32,7 @@ from .models import (
     timeline,
     users,
 )
+from .rows import NEVER, STATEMENTS, create_missing, key_where, locked, newer, set_values
 from .search import PostDoc, SearchEngine, UserDoc
 
 EDGE_EVENTS = {
@@ -39,7 +40,6 @@ EDGE_EVENTS = {
     "graph.blocked": ("block", True), "graph.unblocked": ("block", False),
     "graph.muted": ("mute", True), "graph.unmuted": ("mute", False),
 }
-NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 # What is left of a deleted post: who wrote it and where it was, no content.
 TOMBSTONE = {"author_username": "", "text": "", "visibility": "public", "reply_to_author_id": None,
              "media_ids": [], "media": [], "content_warning": None, "hashtags": [],
@@ -48,66 +48,8 @@ TOMBSTONE = {"author_username": "", "text": "", "visibility": "public", "reply_t
              "fanned_out": False}
 
 
-class Statements:
-    """Statements built once per dialect (INSERT ... ON CONFLICT differs between SQLite and
-    PostgreSQL), then run with bound values: building SQLAlchemy expressions per event cost
-    more CPU than running them."""
-
-    def __init__(self) -> None:
-        self._built: dict[tuple[str, str], Any] = {}
-
-    def get(self, conn: Connection, name: str, build: Any) -> Any:
-        key = (conn.dialect.name, name)
-        statement = self._built.get(key)
-        if statement is None:
-            insert_ = postgresql.insert if key[0] == "postgresql" else sqlite.insert
-            statement = self._built[key] = build(insert_)
-        return statement
-
-
-STATEMENTS = Statements()
-KEYS = {"users": ("user_id",), "edges": ("kind", "source", "target"), "posts": ("id",),
-        "likes": ("post_id", "user_id"), "post_stats": ("post_id",)}
-
-
-def _key_where(table: Table) -> Any:
-    return and_(*(table.c[name] == bindparam(f"k_{name}") for name in KEYS[table.name]))
-
-
-def create_missing(conn: Connection, table: Table, values: dict[str, Any]) -> None:
-    """INSERT the row unless its key exists (ON CONFLICT DO NOTHING)."""
-    statement = STATEMENTS.get(conn, f"create:{table.name}:{','.join(sorted(values))}",
-                               lambda insert_: insert_(table).on_conflict_do_nothing(
-                                   index_elements=list(KEYS[table.name])))
-    conn.execute(statement, values)
-
-
-def set_values(conn: Connection, table: Table, key: dict[str, Any],
-               values: dict[str, Any]) -> None:
-    """UPDATE the row with `key` to `values`."""
-    statement = STATEMENTS.get(conn, f"set:{table.name}:{','.join(sorted(values))}",
-                               lambda _: update(table).where(_key_where(table)).values(
-                                   {name: bindparam(f"v_{name}") for name in values}))
-    conn.execute(statement, {**{f"k_{k}": v for k, v in key.items()},
-                             **{f"v_{k}": v for k, v in values.items()}})
-
-
-def locked(conn: Connection, table: Table, key: dict[str, Any], placeholder: dict[str, Any],
-           *columns: str) -> Any:
-    """The row with `key`, created as `placeholder` if missing, locked for this transaction.
-
-    Concurrent handlers of one aggregate (a post's create and its edit, say) then take turns
-    on the row instead of racing to insert it. SQLite has one writer at a time anyway.
-    """
-    create_missing(conn, table, {**key, **placeholder})
-    statement = STATEMENTS.get(conn, f"lock:{table.name}:{','.join(columns)}",
-                               lambda _: select(*(table.c[c] for c in columns))
-                               .where(_key_where(table)).with_for_update())
-    return conn.execute(statement, {f"k_{k}": v for k, v in key.items()}).one()
-
-
 def _add(table: Table, column: str) -> Any:
-    return (update(table).where(_key_where(table))
+    return (update(table).where(key_where(table))
             .values({column: table.c[column] + bindparam("delta")}))
 
 
@@ -150,11 +92,6 @@ _NAMED = select(users.c.user_id).where(users.c.username.in_(bindparam("names", e
 _SET_CREATED = update(users).where(users.c.user_id == bindparam("user"),
                                    users.c.created_at.is_(None)).values(
                                        created_at=bindparam("created_at"))
-
-
-def newer(at: datetime, event_id: str, row: Any) -> bool:
-    """Whether an event (time, id) is newer than what last changed `row`."""
-    return (at, event_id) > (row.changed_at or NEVER, row.changed_by or "")
 
 
 def post_doc(state: post_events.PostState) -> PostDoc:
@@ -202,6 +139,7 @@ class Projector:
                                                  before=self.unindex_post,
                                                  after=self.forget_homes),
                            "post.liked": like, "post.unliked": like},
+            "query-chat": chat.handlers(lambda: self.search),
         }
 
     def _touch(self, envelope: Envelope, user_ids: Any) -> None:

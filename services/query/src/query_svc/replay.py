@@ -17,7 +17,7 @@ from chassis.consumer import apply_event
 from chassis.db import Database, ensure_database
 
 from .archive import read_archive
-from .models import metadata, posts, users
+from .models import chat_members, chat_messages, metadata, posts, users
 from .projections import Projector
 from .search.factory import engine_from_url
 from .settings import QuerySettings
@@ -34,7 +34,7 @@ async def replay(settings: QuerySettings) -> int:
         await db.create_all(metadata)
         async with db.sessions() as session:
             existing = sum([(await session.execute(select(func.count()).select_from(t)))
-                            .scalar_one() for t in (users, posts)])
+                            .scalar_one() for t in (users, posts, chat_members, chat_messages)])
         if existing:
             raise SystemExit(f"{settings.database_url} is not a fresh store ({existing} rows)")
         await engine.start()

@@ -1,9 +1,11 @@
-"""Search over posts and users: one interface, two engines (embedded SQLite FTS5, OpenSearch).
+"""Search over posts, users and chat messages: one interface, two engines (embedded SQLite
+FTS5, OpenSearch).
 
 The query service's projections feed documents in with `index_post`/`delete_post`/
-`index_user`; `GET /api/search` reads with `search_posts`/`search_users`. Every write carries
-a version (the post's `seq`, the profile event's order) and an engine keeps the highest it
-has seen per document, tombstones included, so duplicated and reordered writes converge.
+`index_user`/`index_message`; `GET /api/search` reads with `search_posts`/`search_users`/
+`search_messages`. Every write carries a version (the post's `seq`, the profile event's
+order, the message's `change_seq`) and an engine keeps the highest it has seen per document,
+tombstones included, so duplicated and reordered writes converge.
 """
 
 from dataclasses import dataclass, field
@@ -38,6 +40,27 @@ class UserDoc:
 
 
 @dataclass(frozen=True)
+class MessageDoc:
+    message_id: str
+    channel_id: str
+    sender_id: str
+    text: str
+    created_at: datetime
+    version: int  # the message's change_seq
+    deleted: bool = False  # a tombstone: leaves the index, keeps the version
+
+
+@dataclass(frozen=True)
+class MessageScope:
+    """Where a message search looks: the channels the caller is a member of (or the one of
+    them asked for), and, for `from:`, the ids of the named senders (None: anyone). The
+    engine filters by both before paginating, so pages are full."""
+
+    channel_ids: frozenset[str]
+    sender_ids: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
 class Viewer:
     """Who is searching, and what that allows: posts are filtered before pagination."""
 
@@ -67,3 +90,7 @@ class SearchEngine(Protocol):
                            cursor: str | None) -> Hits: ...
     async def search_users(self, q: str, viewer: Viewer, *, limit: int,
                            cursor: str | None) -> Hits: ...
+    async def index_message(self, doc: MessageDoc) -> None: ...
+    async def search_messages(self, q: str, scope: MessageScope, *, limit: int,
+                              cursor: str | None) -> Hits:
+        """Messages newest first (see `ranking`)."""

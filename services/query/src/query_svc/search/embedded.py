@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from chassis.text import normalize_tag
 
-from . import Hits, PostDoc, UserDoc, Viewer
+from . import Hits, MessageDoc, MessageScope, PostDoc, UserDoc, Viewer
 from . import cursor as cursors
 from .analysis import index_tokens
 from .fts import (
@@ -32,12 +32,13 @@ from .fts import (
     KEY_BITS,
     SCHEMA,
     SCHEMA_VERSION,
+    message_select,
     micros,
     post_key,
     post_plan,
     user_select,
 )
-from .query import parse_post_query, parse_user_query
+from .query import parse_message_query, parse_post_query, parse_user_query
 from .ranking import RECENCY_HALF_LIFE
 from .walk import HitCounts, top_posts
 
@@ -46,6 +47,7 @@ log = logging.getLogger("query_svc.search")
 
 _POST_KEY = (float, int, str)  # score, created_us, post_id
 _USER_KEY = (int, int, str, str)  # tier, followers_count, username, user_id
+_MESSAGE_KEY = (int,)  # row key
 
 
 class _Workers:
@@ -152,6 +154,9 @@ class EmbeddedSearch:
     async def index_user(self, doc: UserDoc) -> None:
         await self._write(_index_user, doc)
 
+    async def index_message(self, doc: MessageDoc) -> None:
+        await self._write(_index_message, doc)
+
     # --- reads ----------------------------------------------------------------------------
 
     async def search_posts(self, q: str, viewer: Viewer, *, limit: int,
@@ -189,6 +194,22 @@ class EmbeddedSearch:
                 [last[1], last[2], last[3], last[0]]))
         return Hits([row[0] for row in rows], next_cursor)
 
+    async def search_messages(self, q: str, scope: MessageScope, *, limit: int,
+                              cursor: str | None) -> Hits:
+        cursors.check_limit(limit)
+        query = parse_message_query(q)
+        position = cursors.decode("messages", q, cursor, _MESSAGE_KEY, anchored=False)
+        if not scope.channel_ids or scope.sender_ids == frozenset():
+            return Hits([], None)
+        sql, params = message_select(query, scope, limit=limit + 1,
+                                     after=position.key[0] if position else None)
+        rows = await self._read(_fetch, sql, params)
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = cursors.encode("messages", q, cursors.Position([rows[-1][1]]))
+        return Hits([row[0] for row in rows], next_cursor)
+
 
 # --- work done on the threads ---------------------------------------------------------------
 
@@ -220,12 +241,12 @@ def _count_live(conn: sqlite3.Connection, change: int) -> None:
                  ("inserted" if change > 0 else "deleted",))
 
 
-def _free_key(conn: sqlite3.Connection, created_us: int) -> int:
-    """A row key in the post's millisecond bucket (a later one when it is full: a key may be
-    later than its creation time, never earlier, which is all the ranking walk needs)."""
+def _free_key(conn: sqlite3.Connection, table: str, created_us: int) -> int:
+    """A row key in the document's millisecond bucket (a later one when it is full: a key may
+    be later than its creation time, never earlier, which is all the ranking walk needs)."""
     key = post_key(created_us)
     while True:
-        top = conn.execute("SELECT max(id) FROM posts WHERE id >= ? AND id < ?",
+        top = conn.execute(f"SELECT max(id) FROM {table} WHERE id >= ? AND id < ?",
                            (key, key + (1 << KEY_BITS))).fetchone()[0]
         if top is None:
             return key
@@ -252,7 +273,7 @@ def _index_post(conn: sqlite3.Connection, doc: PostDoc) -> None:
         if stored:  # a new version gets a new row: its key must follow its creation time
             _drop_text(conn, stored)
             conn.execute("DELETE FROM posts WHERE id = ?", (stored[0],))
-        key = _free_key(conn, created_us)
+        key = _free_key(conn, "posts", created_us)
         conn.execute("""INSERT INTO posts (id, post_id, version, deleted, author_id, visibility,
                         mentions, has_media, created_us) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)""",
                      (key, doc.post_id, doc.version, doc.author_id, doc.visibility,
@@ -300,3 +321,29 @@ def _index_user(conn: sqlite3.Connection, doc: UserDoc) -> None:
         conn.execute("""INSERT INTO user_text (rowid, username, display_name, bio)
                         VALUES (?, ?, ?, ?)""",
                      (row_id, username, index_tokens(doc.display_name), index_tokens(doc.bio)))
+
+
+def _index_message(conn: sqlite3.Connection, doc: MessageDoc) -> None:
+    """Keep the newest version; a deleted message keeps its row (and version) without text.
+    A message's creation time never changes, so its row key stays."""
+    with _transaction(conn):
+        stored = conn.execute("SELECT id, version, deleted FROM messages WHERE message_id = ?",
+                              (doc.message_id,)).fetchone()
+        if stored and stored[1] >= doc.version:
+            return
+        if stored:
+            key = stored[0]
+            if not stored[2]:
+                conn.execute("DELETE FROM message_text WHERE rowid = ?", (key,))
+            conn.execute("UPDATE messages SET version = ?, deleted = ? WHERE id = ?",
+                         (doc.version, int(doc.deleted), key))
+        else:
+            created_us = micros(doc.created_at)
+            key = _free_key(conn, "messages", created_us)
+            conn.execute("""INSERT INTO messages (id, message_id, version, deleted, channel_id,
+                            sender_id, created_us) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                         (key, doc.message_id, doc.version, int(doc.deleted), doc.channel_id,
+                          doc.sender_id, created_us))
+        if not doc.deleted:
+            conn.execute("INSERT INTO message_text (rowid, body, channel) VALUES (?, ?, ?)",
+                         (key, index_tokens(doc.text), doc.channel_id))

@@ -9,8 +9,8 @@ def engine_from_url(url: str, *, prefix: str = "asyncsns-",
                     refresh_interval: str = "250ms") -> SearchEngine:
     """`sqlite:///relative.db`, `sqlite:////absolute.db` or `sqlite:///:memory:` (the
     SQLAlchemy spelling) -> EmbeddedSearch; `http(s)://host:port` -> OpenSearchEngine, with
-    indexes `{prefix}posts` and `{prefix}users` refreshed every `refresh_interval` (the
-    embedded engine shows every write at once and ignores both)."""
+    indexes `{prefix}posts`, `{prefix}users` and `{prefix}messages` refreshed every
+    `refresh_interval` (the embedded engine shows every write at once and ignores both)."""
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
         if path:

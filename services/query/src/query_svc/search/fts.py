@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from . import Viewer
+from . import MessageScope, Viewer
 from .analysis import bigrams
 from .query import Match, PostQuery, UserQuery
 from .ranking import RECENCY_MAX_HALVINGS
@@ -47,6 +47,18 @@ INSERT OR IGNORE INTO counts VALUES ('live_posts', 0), ('inserted', 0), ('delete
     ('epoch', abs(random()));                 -- a new index, so counts cached before are void
 CREATE VIRTUAL TABLE IF NOT EXISTS user_text
     USING fts5(username, display_name, bio, tokenize = "ascii tokenchars '_'");
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,            -- row key (see post_key), also the message_text rowid
+    message_id TEXT NOT NULL UNIQUE,
+    version INTEGER NOT NULL,          -- the message's change_seq
+    deleted INTEGER NOT NULL,          -- 1: a tombstone without text
+    channel_id TEXT NOT NULL,
+    sender_id TEXT NOT NULL,
+    created_us INTEGER NOT NULL
+);
+-- The channel is a column too, so that FTS5 intersects the words with the caller's channels.
+CREATE VIRTUAL TABLE IF NOT EXISTS message_text
+    USING fts5(body, channel, tokenize = "ascii tokenchars '_'");
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
@@ -56,6 +68,8 @@ DROP TABLE IF EXISTS post_text;
 DROP TABLE IF EXISTS users;
 DROP TABLE IF EXISTS user_text;
 DROP TABLE IF EXISTS counts;
+DROP TABLE IF EXISTS messages;
+DROP TABLE IF EXISTS message_text;
 """
 
 
@@ -230,6 +244,43 @@ def user_select(query: UserQuery, viewer: Viewer, *, after: list[Any] | None,
               AND u.user_id NOT IN (SELECT value FROM json_each(:excluded)))
         {keyset}
         ORDER BY tier DESC, followers_count DESC, username, user_id LIMIT :limit""", params)
+
+
+def message_select(query: PostQuery, scope: MessageScope, *, after: int | None,
+                   limit: int) -> tuple[str, dict[str, Any]]:
+    """One page of (message_id, row key), newest first, after the row key `after`.
+
+    FTS5 walks its matches in descending row key order (keys follow creation time) and the
+    LIMIT stops it after the page. The channel column narrows the match to the scope's
+    channels; the join checks them exactly (an id that the tokenizer splits in two could
+    otherwise match as a phrase inside a longer one).
+    """
+    parts = [f"body : {phrase(m)}" for m in query.required]
+    parts.append("channel : (" + " OR ".join(_quoted(c) for c in sorted(scope.channel_ids))
+                 + ")")
+    match = " AND ".join(parts)
+    if excluded := excluded_match(query):
+        match = f"({match}) NOT ({excluded})"
+    params: dict[str, Any] = {"match": match, "channels": id_list(scope.channel_ids),
+                              "limit": limit}
+    where = ["message_text MATCH :match", "m.deleted = 0",
+             "m.channel_id IN (SELECT value FROM json_each(:channels))"]
+    if scope.sender_ids is not None:
+        where.append("m.sender_id IN (SELECT value FROM json_each(:senders))")
+        params["senders"] = id_list(scope.sender_ids)
+    if query.since:  # no key is earlier than its creation time: FTS5 stops at since_key
+        where += ["m.created_us >= :since", "message_text.rowid >= :since_key"]
+        params.update(since=micros(query.since), since_key=post_key(micros(query.since)))
+    if query.before:
+        where.append("m.created_us < :before")
+        params["before"] = micros(query.before)
+    if after is not None:
+        where.append("message_text.rowid < :after")
+        params["after"] = after
+    return (f"""
+        SELECT m.message_id, m.id FROM message_text JOIN messages m ON m.id = message_text.rowid
+        WHERE {" AND ".join(where)}
+        ORDER BY message_text.rowid DESC LIMIT :limit""", params)
 
 
 def micros(moment: datetime) -> int:

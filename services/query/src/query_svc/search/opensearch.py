@@ -1,6 +1,6 @@
 """OpenSearchEngine: the search interface over an OpenSearch cluster (opensearch-py, async).
 
-Documents are indexed with id = post (or user) id and external versioning, so OpenSearch
+Documents are indexed with id = post (user, message) id and external versioning, so OpenSearch
 itself keeps the highest version: a duplicated or late write answers 409, which is the
 normal outcome here, not an error. What is sent is built in `opensearch_bodies`.
 """
@@ -13,9 +13,12 @@ from typing import Any
 from opensearchpy import AsyncOpenSearch
 from opensearchpy.exceptions import ConflictError, NotFoundError, RequestError
 
-from . import Hits, PostDoc, UserDoc, Viewer
+from . import Hits, MessageDoc, MessageScope, PostDoc, UserDoc, Viewer
 from . import cursor as cursors
 from .opensearch_bodies import (
+    message_request,
+    message_search_body,
+    messages_index_body,
     post_request,
     post_search_body,
     posts_index_body,
@@ -24,28 +27,32 @@ from .opensearch_bodies import (
     user_search_body,
     users_index_body,
 )
-from .query import parse_post_query, parse_user_query
+from .query import parse_message_query, parse_post_query, parse_user_query
 from .ranking import RECENCY_HALF_LIFE
 
 _POST_KEY = (float, int, str)  # _score, created_at (epoch ms), post_id
 _USER_KEY = (float, int, str, str)  # _score (the tier), followers_count, username, user_id
+_MESSAGE_KEY = (int, str)  # created_at (epoch ms), message_id
 
 
 class OpenSearchEngine:
-    """Posts in index `{prefix}posts`, users in `{prefix}users`."""
+    """Posts in index `{prefix}posts`, users in `{prefix}users`, chat messages in
+    `{prefix}messages`."""
 
     def __init__(self, url: str, prefix: str = "asyncsns-", *, refresh_interval: str = "250ms",
                  half_life: timedelta = RECENCY_HALF_LIFE, client: Any | None = None) -> None:
         self._url = url
         self.posts_index = f"{prefix}posts"
         self.users_index = f"{prefix}users"
+        self.messages_index = f"{prefix}messages"
         self._refresh_interval = refresh_interval
         self._half_life_ms = half_life / timedelta(milliseconds=1)
         self._client = client  # tests may pass a stand-in; start() builds the real one
 
     def _indexes(self) -> tuple[tuple[str, dict[str, Any]], ...]:
         return ((self.posts_index, posts_index_body(self._refresh_interval)),
-                (self.users_index, users_index_body(self._refresh_interval)))
+                (self.users_index, users_index_body(self._refresh_interval)),
+                (self.messages_index, messages_index_body(self._refresh_interval)))
 
     @property
     def client(self) -> Any:
@@ -71,7 +78,7 @@ class OpenSearchEngine:
             self._client = None
 
     async def reset(self) -> None:
-        """Delete and recreate both indexes (tests, rebuilds)."""
+        """Delete and recreate every index (tests, rebuilds)."""
         for name, body in self._indexes():
             with contextlib.suppress(NotFoundError):
                 await self.client.indices.delete(index=name, ignore_unavailable=True)
@@ -79,7 +86,8 @@ class OpenSearchEngine:
 
     async def refresh(self) -> None:
         """Make every acknowledged write visible now instead of within `refresh_interval`."""
-        await self.client.indices.refresh(index=f"{self.posts_index},{self.users_index}")
+        await self.client.indices.refresh(
+            index=f"{self.posts_index},{self.users_index},{self.messages_index}")
 
     async def _versioned(self, request: dict[str, Any]) -> None:
         with contextlib.suppress(ConflictError):  # an equal or newer version is stored
@@ -93,6 +101,9 @@ class OpenSearchEngine:
 
     async def index_user(self, doc: UserDoc) -> None:
         await self._versioned(user_request(self.users_index, doc))
+
+    async def index_message(self, doc: MessageDoc) -> None:
+        await self._versioned(message_request(self.messages_index, doc))
 
     async def search_posts(self, q: str, viewer: Viewer, *, limit: int,
                            cursor: str | None) -> Hits:
@@ -115,6 +126,18 @@ class OpenSearchEngine:
                                 after=position.key if position else None)
         hits = (await self.client.search(index=self.users_index, body=body))["hits"]["hits"]
         return _page("users", q, hits, limit, None)
+
+    async def search_messages(self, q: str, scope: MessageScope, *, limit: int,
+                              cursor: str | None) -> Hits:
+        cursors.check_limit(limit)
+        query = parse_message_query(q)
+        position = cursors.decode("messages", q, cursor, _MESSAGE_KEY, anchored=False)
+        if not scope.channel_ids or scope.sender_ids == frozenset():
+            return Hits([], None)
+        body = message_search_body(query, scope, limit=limit + 1,
+                                   after=position.key if position else None)
+        hits = (await self.client.search(index=self.messages_index, body=body))["hits"]["hits"]
+        return _page("messages", q, hits, limit, None)
 
 
 def _page(kind: str, q: str, hits: list[dict[str, Any]], limit: int,

@@ -28,13 +28,14 @@ from typing import Any
 
 from chassis.text import normalize_tag
 
-from . import PostDoc, UserDoc, Viewer
+from . import MessageDoc, MessageScope, PostDoc, UserDoc, Viewer
 from .analysis import segmented
 from .query import Match, PostQuery, UserQuery
 from .ranking import RECENCY_MAX_HALVINGS
 
 TEXT = {"type": "text", "analyzer": "cjk_index", "search_analyzer": "cjk_search"}
 KEYWORD = {"type": "keyword"}
+DATE = {"type": "date", "format": "strict_date_optional_time||epoch_millis"}
 
 # The recency factor of `ranking`, in milliseconds.
 RECENCY_SCRIPT = (
@@ -69,8 +70,7 @@ def posts_index_body(refresh_interval: str = "250ms") -> dict[str, Any]:
         "post_id": KEYWORD, "author_id": KEYWORD, "author_username": KEYWORD,
         "text": TEXT, "hashtags": KEYWORD, "mentions": KEYWORD, "visibility": KEYWORD,
         "has_media": {"type": "boolean"}, "reply_to": KEYWORD,
-        "created_at": {"type": "date", "format": "strict_date_optional_time||epoch_millis"},
-        "deleted": {"type": "boolean"},
+        "created_at": DATE, "deleted": {"type": "boolean"},
     })
 
 
@@ -78,6 +78,13 @@ def users_index_body(refresh_interval: str = "250ms") -> dict[str, Any]:
     return _index_body(refresh_interval, {
         "user_id": KEYWORD, "username": KEYWORD, "display_name": TEXT, "bio": TEXT,
         "followers_count": {"type": "integer"},
+    })
+
+
+def messages_index_body(refresh_interval: str = "250ms") -> dict[str, Any]:
+    return _index_body(refresh_interval, {
+        "message_id": KEYWORD, "channel_id": KEYWORD, "sender_id": KEYWORD, "text": TEXT,
+        "created_at": DATE, "deleted": {"type": "boolean"},
     })
 
 
@@ -121,6 +128,17 @@ def user_request(index: str, doc: UserDoc) -> dict[str, Any]:
     }, doc.version)
 
 
+def message_request(index: str, doc: MessageDoc) -> dict[str, Any]:
+    """The message, or its tombstone once deleted, versioned by its change_seq."""
+    if doc.deleted:
+        return versioned(index, doc.message_id, {"message_id": doc.message_id, "deleted": True},
+                         doc.version)
+    return versioned(index, doc.message_id, {
+        "message_id": doc.message_id, "channel_id": doc.channel_id, "sender_id": doc.sender_id,
+        "text": segmented(doc.text), "created_at": _iso(doc.created_at), "deleted": False,
+    }, doc.version)
+
+
 def phrase(match: Match, field: str = "text") -> dict[str, Any]:
     exact = {"match_phrase": {field: {"query": match.text}}}
     if not match.stem:
@@ -150,6 +168,16 @@ def visibility_filter(viewer: Viewer) -> dict[str, Any]:
     return {"bool": {"should": either, "minimum_should_match": 1}}
 
 
+def _days(query: PostQuery) -> list[dict[str, Any]]:
+    """The `since:`/`until:` range filter, if any."""
+    if not (query.since or query.before):
+        return []
+    bounds = {"gte": _iso(query.since)} if query.since else {}
+    if query.before:
+        bounds["lt"] = _iso(query.before)
+    return [{"range": {"created_at": bounds}}]
+
+
 def post_search_body(query: PostQuery, viewer: Viewer, *, limit: int, anchor_ms: int,
                      half_life_ms: float, after: list[Any] | None) -> dict[str, Any]:
     """One page of posts: `limit` hits after the sort key `after` (None: the first page)."""
@@ -157,11 +185,7 @@ def post_search_body(query: PostQuery, viewer: Viewer, *, limit: int, anchor_ms:
     filters += [{"term": {"hashtags": tag}} for tag in query.tags]
     if query.authors:
         filters.append({"terms": {"author_username": list(query.authors)}})
-    if query.since or query.before:
-        bounds = {"gte": _iso(query.since)} if query.since else {}
-        if query.before:
-            bounds["lt"] = _iso(query.before)
-        filters.append({"range": {"created_at": bounds}})
+    filters += _days(query)
     if query.has_media:
         filters.append({"term": {"has_media": True}})
     must_not = [_all(group) for group in query.excluded]
@@ -211,6 +235,25 @@ def user_search_body(query: UserQuery, viewer: Viewer, *, limit: int,
         "query": {"bool": boolean},
         "sort": [{"_score": "desc"}, {"followers_count": "desc"}, {"username": "asc"},
                  {"user_id": "asc"}],
+    }
+    if after is not None:
+        body["search_after"] = after
+    return body
+
+
+def message_search_body(query: PostQuery, scope: MessageScope, *, limit: int,
+                        after: list[Any] | None) -> dict[str, Any]:
+    """One page of messages in the scope's channels, newest first (no scoring)."""
+    filters: list[dict[str, Any]] = [{"term": {"deleted": False}},
+                                     {"terms": {"channel_id": sorted(scope.channel_ids)}}]
+    if scope.sender_ids is not None:
+        filters.append({"terms": {"sender_id": sorted(scope.sender_ids)}})
+    filters += _days(query)
+    body: dict[str, Any] = {
+        "size": limit, "track_total_hits": False, "_source": False,
+        "query": {"bool": {"must": [phrase(m) for m in query.required], "filter": filters,
+                           "must_not": [_all(group) for group in query.excluded]}},
+        "sort": [{"created_at": "desc"}, {"message_id": "desc"}],
     }
     if after is not None:
         body["search_after"] = after

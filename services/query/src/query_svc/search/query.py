@@ -12,10 +12,14 @@ hiragana, or the Korean `다`) also matches without that syllable, so the dictio
 `美味しい` finds `美味しかった`; exact occurrences rank higher. This is narrower than
 "strip the last character of any CJK word" on purpose: `ラーメン屋` must not find every
 `ラーメン`. Quoted phrases and exclusions are exact.
+
+Chat messages take the same words, phrases, exclusions, `from:`, `since:` and `until:`.
+Messages have no tag list, so `#tag` there requires the tag's words in the text;
+`has:media` is refused.
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 
@@ -201,6 +205,17 @@ def parse_post_query(q: str) -> PostQuery:
         else:
             parser.phrase(phrase, bool(negated))
     return parser.result()
+
+
+@lru_cache(maxsize=1024)
+def parse_message_query(q: str) -> PostQuery:
+    """Parse a message search (a post search's structure without tags or media), or raise
+    a 422 problem naming `q`."""
+    query = parse_post_query(q)
+    if query.has_media:
+        raise _bad("has:media is not a filter for messages")
+    tag_words = tuple(m for tag in query.tags for m in matches(tag, exact=True))
+    return replace(query, required=tuple(dict.fromkeys(query.required + tag_words)), tags=())
 
 
 @lru_cache(maxsize=1024)

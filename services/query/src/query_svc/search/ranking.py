@@ -9,6 +9,10 @@ half-lives (about two years) the factor stops falling, so very old posts compete
 and OpenSearch's 32-bit float scores never underflow to zero. A search without words
 (only `#tag`, `from:`, dates, `has:media`) has relevance 0 everywhere, so it is newest first.
 
+Messages: newest first, by `created_at` (then message id in OpenSearch, arrival in the
+embedded engine: they differ only within one millisecond). In a conversation the latest
+mention is usually the one wanted, and no relevance means no engine-specific scores.
+
 Users: a tier first — 2 when a query word is the username, 1 when one is a prefix of it,
 0 when the words matched the display name or bio — then more followers, then username.
 """

@@ -1,5 +1,6 @@
 """End to end through the gateway of `asyncsns-stack up`: accounts, the graph, a restart."""
 
+import asyncio
 import io
 import json
 import signal
@@ -12,6 +13,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import websockets
 from PIL import Image
 
 from stack.testing import RunningStack, running_stack
@@ -192,6 +194,62 @@ def test_a_video_becomes_hls_a_standard_player_reads_through_the_gateway(
     assert probe.returncode == 0, probe.stderr
     heights = {s.get("height") for s in json.loads(probe.stdout)["streams"]}
     assert {240, 360} <= heights
+
+
+async def chat_client(stack: RunningStack, headers: dict[str, str]):
+    """A WebSocket session through the gateway (which replica serves it is nginx's choice)."""
+    conn = await websockets.connect(stack.url.replace("http", "ws", 1) + "/ws/chat")
+    await conn.send(json.dumps({"type": "auth",
+                                "token": headers["Authorization"].removeprefix("Bearer ")}))
+    assert json.loads(await conn.recv())["type"] == "ready"
+    return conn
+
+
+async def frames_until(conn, predicate, timeout_s: float = 10.0) -> list[dict]:
+    seen: list[dict] = []
+    async with asyncio.timeout(timeout_s):
+        while not predicate(seen):
+            seen.append(json.loads(await conn.recv()))
+    return seen
+
+
+async def exchange(stack: RunningStack, channel: str, sender: dict[str, str],
+                   receiver: dict[str, str]) -> None:
+    """Two sessions each, so both chat replicas serve some of them (nginx's round robin); the
+    sender's first session posts three messages, every other session gets all three in order."""
+    senders = [await chat_client(stack, sender) for _ in range(2)]
+    receivers = [await chat_client(stack, receiver) for _ in range(2)]
+    for i in range(3):
+        await senders[0].send(json.dumps({"type": "send", "channel_id": channel,
+                                          "client_msg_id": f"c{i}",
+                                          "text": f"今日のラーメンは美味しかった {i}"}))
+    for conn in receivers + senders[1:]:
+        got = await frames_until(conn, lambda seen: len(
+            [f for f in seen if f["type"] == "message"]) == 3)
+        assert [f["seq"] for f in got if f["type"] == "message"] == [1, 2, 3]
+    for conn in senders + receivers:
+        await conn.close()
+
+
+def test_chat_through_the_gateway_reaches_across_replicas_and_search(
+        stack: RunningStack) -> None:
+    api = httpx.Client(base_url=stack.url, timeout=10)
+    _, as_alice = sign_up_and_log_in(api, "chat_alice")
+    bob, as_bob = sign_up_and_log_in(api, "chat_bob")
+    _, as_eve = sign_up_and_log_in(api, "chat_eve")
+    deadline = time.monotonic() + 20
+    while (opened := api.post("/api/chat/channels", headers=as_alice,
+                              json={"kind": "dm", "member_ids": [bob]})).status_code == 422:
+        assert time.monotonic() < deadline, opened.text  # profile.created not arrived yet
+        time.sleep(0.2)
+    assert opened.status_code == 201, opened.text
+    channel = opened.json()["id"]
+    asyncio.run(exchange(stack, channel, as_alice, as_bob))
+    search = f"/api/search?type=messages&q={quote('ラーメン')}"
+    found = eventually(api, search, as_bob, lambda body: len(body["items"]) == 3)
+    assert {m["channel_id"] for m in found["items"]} == {channel}
+    assert api.get(search, headers=as_eve).json()["items"] == []
+    assert api.get(f"/api/chat/channels/{channel}/messages", headers=as_eve).status_code == 404
 
 
 def test_follow_block_and_a_restart_that_keeps_users(stack: RunningStack,

@@ -48,7 +48,8 @@ def render_nginx_conf(upstreams: dict[str, list[str]], *, health_upstream: str, 
     gateway then serves the media bucket and passes upload forms on, as CloudFront and S3
     do on AWS.
     """
-    main = ["worker_processes 2;"]
+    # Every chat session holds two connections here (client and upstream) for its lifetime.
+    main = ["worker_processes 2;", "worker_rlimit_nofile 40000;"]
     http = []
     if prefix_dir:
         main = ["daemon off;", f"pid {prefix_dir}/nginx.pid;",
@@ -69,7 +70,7 @@ def render_nginx_conf(upstreams: dict[str, list[str]], *, health_upstream: str, 
         http += _upstream("storage", [storage])
     body = _server_body(routes, _storage_locations(topology, storage) if storage else [])
     http += ["server {", f"    listen {listen};", *_indent(body), "}"]
-    return "\n".join([*main, "events {", "    worker_connections 1024;", "}",
+    return "\n".join([*main, "events {", "    worker_connections 20000;", "}",
                       "http {", *_indent(http), "}", ""])
 
 

@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+import websockets
 from jose import jwk, jwt
 
 from chassis.events import new_event
@@ -210,3 +211,31 @@ async def test_sync_sends_every_change_after_the_cursor_then_synced(
     assert frames[-1]["message"]["text"] == "m1, edited while bob was away"
     assert b.of("synced")[0]["cursors"] == {channel: 5}
     assert json.dumps(b.of("synced")[0]["more"]) == "[]"
+
+
+async def test_presence_crosses_replicas_and_is_throttled(replicas, user, api, connect):
+    one, two = await replicas(2)
+    alice, bob = await user(one, "alice"), await user(two, "bob")
+    await dm(api, one, alice, bob)
+    a = await connect(one, alice)
+    b = await connect(two, bob)
+    await a.wait_for(lambda c: c.of("presence"), "alice sees bob come online")
+    assert a.of("presence")[0] == {"type": "presence", "user_id": bob.id, "online": True}
+    await b.close()
+    await a.wait_for(lambda c: len(c.of("presence")) == 2, "and go offline")
+    assert a.of("presence")[1]["online"] is False
+    for _ in range(3):  # flapping within the gate interval announces nothing more
+        await (await connect(two, bob)).close()
+    await asyncio.sleep(0.5)
+    assert len(a.of("presence")) == 2
+    assert await one.app.state.chat.hub.online([bob.id]) == set()
+
+
+async def test_browsers_from_other_origins_are_refused(replicas, user, connect):
+    [replica] = await replicas(1, ws_allowed_origins=("https://app.example",))
+    alice = await user(replica, "alice")
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await connect(replica, alice, origin="https://evil.example")
+    assert refused.value.response.status_code == 403
+    ok = await connect(replica, alice, origin="https://app.example")
+    assert ok.of("ready")

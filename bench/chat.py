@@ -39,7 +39,7 @@ MESSAGE = b'{"type":"message","seq":'
 ACK = b'{"type":"ack"'
 ERROR = b'{"type":"error"'
 TEXT = b'"text":"'
-OUTSTANDING_MAX = 32  # unacknowledged sends per sender before it skips its turn
+OUTSTANDING_MAX = 16  # unacknowledged sends per sender before it skips its turn
 
 
 # --- users and channels -------------------------------------------------------------------
@@ -84,11 +84,13 @@ async def open_channels(base_url: str, groups: list[list[tuple[str, str]]],
 
 # --- connections --------------------------------------------------------------------------
 
-async def open_sockets(urls: list[str], tokens: list[str], *, concurrency: int = 64,
-                       give_up_after: int = 20) -> tuple[list[ClientConnection], list[str]]:
+async def open_sockets(urls: list[str], tokens: list[str], *, deflate: bool = False,
+                       concurrency: int = 64, give_up_after: int = 20,
+                       ) -> tuple[list[ClientConnection], list[str]]:
     """An authenticated connection per token (round robin over `urls`), each past `ready`,
-    in the tokens' order. If any fails, returns those that opened and why others did not;
-    after `give_up_after` failures the rest are not tried."""
+    in the tokens' order; with `deflate`, permessage-deflate as browsers ask for it. If any
+    fails, returns those that opened and why others did not; after `give_up_after` failures
+    the rest are not tried."""
     limit, failures = asyncio.Semaphore(concurrency), []
     opened: list[ClientConnection | None] = [None] * len(tokens)
 
@@ -97,7 +99,8 @@ async def open_sockets(urls: list[str], tokens: list[str], *, concurrency: int =
             if len(failures) >= give_up_after:
                 return
             try:
-                ws = await connect(urls[i % len(urls)], compression=None, proxy=None,
+                ws = await connect(urls[i % len(urls)], proxy=None,
+                                   compression="deflate" if deflate else None,
                                    ping_interval=None, open_timeout=20, close_timeout=2,
                                    user_agent_header=None)
                 await ws.send(json.dumps({"type": "auth", "token": token}))
@@ -297,7 +300,7 @@ async def deliveries(urls: list[str], users: list[tuple[str, str]], channel_ids:
     per_channel = len(users) // len(channel_ids)
     channel_of = [channel_ids[i // per_channel] for i in range(len(users))]
     started = time.monotonic()
-    sockets, failures = await open_sockets(urls, [t for t, _ in users])
+    sockets, failures = await open_sockets(urls, [t for t, _ in users], deflate=args.deflate)
     if failures:
         await close_all(sockets)
         raise ConnectionError(f"{len(sockets)} of {len(users)} connected: {failures[0]}")
@@ -352,36 +355,43 @@ def _delivery_lines(tally: Tally, fanout: Fanout, members: int, duration_s: floa
 
 
 async def idle(urls: list[str], users: list[tuple[str, str]], count: int,
-               data_dir: Path | None) -> list[ClientConnection] | None:
-    """Hold `count` idle connections; print what they cost the chat replicas and nginx.
-    Returns None (after closing them) if fewer than `count` opened."""
+               data_dir: Path | None, via_gateway: bool, deflate: bool) -> None:
+    """Hold `count` idle connections; print what they cost the chat replicas (and nginx)."""
     processes = chat_procs.stack_processes(data_dir)
-    chat = [p for n, pids in processes.items() if n.startswith("chat") for p in pids]
-    nginx = processes.get("gateway", [])
-    warm, _ = await open_sockets(urls, [users[0][0]] * 4)  # first-connection costs
+    chat = {n: pids for n, pids in processes.items() if n == "chat" or n.startswith("chat-")}
+    nginx = processes.get("gateway", []) if via_gateway else []
+    # Costs of a first connection (imports, caches) are not a connection's.
+    warm, _ = await open_sockets(urls, [users[0][0]] * 4, deflate=deflate)
     await close_all(warm)
     await asyncio.sleep(1)
-    chat_before, nginx_before = chat_procs.rss_kib(chat), chat_procs.rss_kib(nginx)
-    started = time.monotonic()
+    before = {n: chat_procs.rss_kib(pids) for n, pids in chat.items()}
+    nginx_before, started = chat_procs.rss_kib(nginx), time.monotonic()
     tokens = [users[i % len(users)][0] for i in range(count)]
-    sockets, failures = await open_sockets(urls, tokens, concurrency=128)
+    sockets, failures = await open_sockets(urls, tokens, deflate=deflate, concurrency=128)
     if failures:
         await close_all(sockets)
-        print(f"{'idle connections':<34} only {len(sockets):,} of {count:,} opened "
-              f"({len(failures)} failures, first: {failures[0]})")
-        return None
+        raise ConnectionError(f"{len(sockets):,} of {count:,} idle connections opened "
+                              f"({len(failures)} failures, first: {failures[0]})")
     opened_s = time.monotonic() - started
     await asyncio.sleep(2)
-    chat_kib = (chat_procs.rss_kib(chat) - chat_before) / count
-    print(f"{'idle connections':<34} {count:>9,} ready in {opened_s:.1f} s   chat replicas "
-          f"{chat_kib:.1f} KiB each ({len(chat)} processes, {chat_before / 1024:.0f} -> "
-          f"{chat_procs.rss_kib(chat) / 1024:.0f} MiB)   (target <= {IDLE_TARGET_KIB} KiB)")
+
+    def grown(now: dict[str, int]) -> str:
+        return ", ".join(f"{n} +{(now[n] - before[n]) / 1024:.0f} MiB" for n in now)
+
+    after = {n: chat_procs.rss_kib(pids) for n, pids in chat.items()}
+    per_socket = (sum(after.values()) - sum(before.values())) / count
+    print(f"{'idle connections':<34} {count:>9,} ready in {opened_s:.1f} s   "
+          f"{per_socket:.1f} KiB each on the chat replicas ({grown(after)})   "
+          f"(target <= {IDLE_TARGET_KIB} KiB)")
     if nginx:
         print(f"{'  nginx (for information)':<34} {'':>9}   "
               f"{(chat_procs.rss_kib(nginx) - nginx_before) / count:.1f} KiB each "
               f"({len(nginx)} processes, {nginx_before / 1024:.0f} -> "
               f"{chat_procs.rss_kib(nginx) / 1024:.0f} MiB)")
-    return sockets
+    await close_all(sockets)
+    await asyncio.sleep(3)
+    print("  3 s after closing them: " + grown(
+        {n: chat_procs.rss_kib(pids) for n, pids in chat.items()}) + " still resident")
 
 
 # --- running ------------------------------------------------------------------------------
@@ -405,7 +415,7 @@ async def _connect_somehow(scenario, count: int, base_url: str, args: argparse.N
     if route != "replicas":
         complaints = chat_procs.nginx_complaints(data_dir)
         try:
-            return await scenario(gateway)
+            return await scenario(gateway, True)
         except ConnectionError as exc:
             print(f"  through the gateway: {exc}")
             if chat_procs.nginx_complaints(data_dir) > complaints:
@@ -415,7 +425,7 @@ async def _connect_somehow(scenario, count: int, base_url: str, args: argparse.N
     if not replicas:
         raise SystemExit("no chat replica found to connect to: pass --data-dir")
     print(f"  straight to the chat replicas {replicas}, not through the gateway")
-    return await scenario(replicas)
+    return await scenario(replicas, False)
 
 
 async def _run(base_url: str, args: argparse.Namespace, data_dir: Path | None) -> None:
@@ -427,12 +437,10 @@ async def _run(base_url: str, args: argparse.Namespace, data_dir: Path | None) -
           f"{time.monotonic() - started:.0f} s")
     if "idle" in only:
         # Before any channel exists, so that nobody is told of anybody's presence.
-        async def hold(urls: list[str]) -> None:
-            sockets = await idle(urls, users[:args.idle_users], args.idle, data_dir)
-            if sockets is None:
-                raise ConnectionError("the gateway refused connections")
-            await close_all(sockets)
-        await _connect_somehow(hold, args.idle, base_url, args, data_dir)
+        await _connect_somehow(
+            lambda urls, via_gateway: idle(urls, users[:args.idle_users], args.idle, data_dir,
+                                           via_gateway, args.deflate),
+            args.idle, base_url, args, data_dir)
     if "deliveries" in only:
         per_channel = args.clients // args.channels
         members = users[:per_channel * args.channels]
@@ -441,7 +449,7 @@ async def _run(base_url: str, args: argparse.Namespace, data_dir: Path | None) -
         print(f"{len(members):,} clients in {len(channel_ids)} channels of {per_channel}, "
               f"{args.senders * len(channel_ids)} senders, {args.duration} s per rate")
         await _connect_somehow(
-            lambda urls: deliveries(urls, members, channel_ids, args, data_dir),
+            lambda urls, _: deliveries(urls, members, channel_ids, args, data_dir),
             len(members), base_url, args, data_dir)
 
 
@@ -472,6 +480,9 @@ def main() -> None:
     parser.add_argument("--idle-users", type=int, default=100, help="users they belong to")
     parser.add_argument("--via", choices=("auto", "gateway", "replicas"), default="auto",
                         help="auto: the gateway, or the replicas if it cannot hold them")
+    parser.add_argument("--replicas", help="e.g. chat=1 (embedded only; default: the stack's)")
+    parser.add_argument("--deflate", action="store_true",
+                        help="negotiate permessage-deflate, as browsers do (default: off)")
     parser.add_argument("--only", nargs="*", choices=("deliveries", "idle"))
     args = parser.parse_args()
     _raise_file_limit()
@@ -484,7 +495,7 @@ def main() -> None:
         data_dir = args.data_dir if (args.data_dir / "run").is_dir() else None
         run(_run(args.url.rstrip("/"), args, data_dir))
     else:
-        with embedded_stack(_free_port(), None) as (base_url, data_dir):
+        with embedded_stack(_free_port(), args.replicas) as (base_url, data_dir):
             run(_run(base_url, args, data_dir))
 
 

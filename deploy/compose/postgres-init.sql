@@ -3,3 +3,4 @@ CREATE DATABASE "profile";
 CREATE DATABASE "post";
 CREATE DATABASE "query";
 CREATE DATABASE "chat";
+CREATE DATABASE "notifier";

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from stack.provision import service_env
 from stack.topology import TOPOLOGY, Topology
+from stack.vapid import kept_vapid_keys
 
 
 def dotenv_line(key: str, value: str) -> str:
@@ -32,7 +33,8 @@ def write_env_files(outputs: dict, directory: Path, *, database_url: str, redis_
                               database_url=database_url.format(service=service.name),
                               redis_url=redis_url, endpoint_url=outputs["endpoint_url"],
                               topology=topology, public_url=public_url, worker=worker,
-                              search_url=search_url if service.needs_search else None)
+                              search_url=search_url if service.needs_search else None,
+                              vapid=kept_vapid_keys(directory / "vapid.json"))
             path = directory / f"{name}.env"
             path.write_text("".join(dotenv_line(k, v) + "\n" for k, v in sorted(env.items())))
             written.append(path)

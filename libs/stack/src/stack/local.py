@@ -19,6 +19,7 @@ from .gateway import prepare_local
 from .processes import Child, StartupFailed, answers_ok, stop, wait_until
 from .provision import provision, service_env
 from .topology import Topology
+from .vapid import kept_vapid_keys
 
 log = logging.getLogger("stack.launcher")
 
@@ -130,7 +131,7 @@ class Stack:
             env = functools.partial(
                 service_env, outputs, service.name, database_url=db, redis_url=redis_url,
                 endpoint_url=endpoint, topology=opts.topology, search_url=search,
-                public_url=public_url)
+                public_url=public_url, vapid=kept_vapid_keys(self.data / "vapid.json"))
             for replica in range(opts.replicas.get(service.name, service.replicas)):
                 port += 1
                 name = service.name if replica == 0 else f"{service.name}-{replica + 1}"

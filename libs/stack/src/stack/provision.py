@@ -42,6 +42,11 @@ def provision(topology: Topology = TOPOLOGY, endpoint_url: str | None = None,
         _allow_browser_uploads(clients["s3"], topology.uploads_bucket)
     if topology.media_bucket and endpoint_url:
         _let_the_gateway_read(clients["s3"], topology.media_bucket)
+    for service in topology.services:
+        for name in service.queues:
+            queues[name] = _ensure_queue(clients["sqs"], name, {
+                "MessageRetentionPeriod": str(topology.dlq_retention_s)})
+    platforms = _ensure_platforms(clients["sns"], topology) if endpoint_url else {}
     for uploads in topology.uploads:
         bucket_arn = f"arn:aws:s3:::{uploads.bucket}"
         queues.update(_ensure_queues(clients["sqs"], uploads.queue, uploads.dlq, topology,
@@ -61,6 +66,7 @@ def provision(topology: Topology = TOPOLOGY, endpoint_url: str | None = None,
         "client_id": client_id,
         "issuer": issuer,
         "jwks_url": f"{jwks_base}/.well-known/jwks.json",
+        "push_platforms": platforms,
     }
 
 
@@ -129,6 +135,22 @@ def _ensure_notification(s3: Any, uploads: Uploads, queue_arn: str) -> None:
     if [c.get("QueueArn") for c in current.get("QueueConfigurations", [])] != [queue_arn]:
         s3.put_bucket_notification_configuration(Bucket=uploads.bucket,
                                                  NotificationConfiguration=wanted)
+
+
+def _ensure_platforms(sns: Any, topology: Topology) -> dict[str, str]:
+    """SNS platform applications for mobile push (moto: placeholder credentials). On AWS they
+    need the APNs certificate and the FCM key, so they are made with those, not here."""
+    existing = {app["PlatformApplicationArn"].rsplit("/", 1)[-1]: app["PlatformApplicationArn"]
+                for page in sns.get_paginator("list_platform_applications").paginate()
+                for app in page["PlatformApplications"]}
+    arns = {}
+    for kind, platform in topology.push_platforms:
+        name = f"asyncsns-{kind}"
+        arns[kind] = existing.get(name) or sns.create_platform_application(
+            Name=name, Platform=platform,
+            Attributes={"PlatformCredential": "local", "PlatformPrincipal": "local"},
+        )["PlatformApplicationArn"]
+    return arns
 
 
 def _let_the_gateway_read(s3: Any, bucket: str) -> None:
@@ -202,7 +224,8 @@ def service_env(outputs: dict[str, Any], service_name: str, *, database_url: str
                 redis_url: str | None, endpoint_url: str | None,
                 topology: Topology = TOPOLOGY, log_json: bool = True,
                 search_url: str | None = None, public_url: str | None = None,
-                worker: str | None = None) -> dict[str, str]:
+                worker: str | None = None,
+                vapid: tuple[str, str] | None = None) -> dict[str, str]:
     """The environment one service process (or one of its workers) reads into its settings.
 
     `public_url` is where clients reach the gateway: media URLs and, without a real S3,
@@ -232,6 +255,13 @@ def service_env(outputs: dict[str, Any], service_name: str, *, database_url: str
         env["EVENTS_TOPIC_ARN"] = outputs["topics"][service_name]
     if service.needs_media:
         env.update(_media_env(topology, public_url, local=bool(endpoint_url)))
+    if service.needs_push:
+        platforms = outputs.get("push_platforms", {})
+        env.update({f"{kind.upper()}_PLATFORM_ARN": arn for kind, arn in platforms.items()})
+        if endpoint_url:  # local: test receivers may listen on loopback
+            env["ALLOW_PRIVATE_PUSH_ENDPOINTS"] = "true"
+        if vapid:
+            env.update({"VAPID_PRIVATE_KEY": vapid[0], "VAPID_PUBLIC_KEY": vapid[1]})
     archive = [s.queue for s in service.subscriptions if s.archive and worker is None]
     if archive:
         env["ARCHIVE_QUEUES"] = json.dumps(archive)

@@ -57,6 +57,8 @@ class Service:
     workers: tuple[Worker, ...] = ()
     system_packages: tuple[str, ...] = ()  # Debian packages its image needs (ffmpeg)
     replicas: int = 1  # how many the launcher and compose run unless told otherwise
+    queues: tuple[str, ...] = ()  # plain queues it sends to itself (a dead-letter queue)
+    needs_push: bool = False  # VAPID keys and the SNS platform applications
 
     @property
     def path_routes(self) -> tuple[tuple[str | None, str], ...]:
@@ -94,6 +96,7 @@ class Topology:
     archive_bucket: str = ""  # where every event is kept as JSON lines, for replay
     uploads_bucket: str = ""  # private: originals as clients upload them, never served
     media_bucket: str = ""  # public: processed variants, served under MEDIA_PATH
+    push_platforms: tuple[tuple[str, str], ...] = ()  # (kind, SNS platform) for mobile push
     gateway_port: int = 8080
     health_port: int = 8099
     max_receive_count: int = 5
@@ -186,8 +189,27 @@ TOPOLOGY = Topology(
                     "profile.created", "graph.blocked", "graph.unblocked")),
             ),
         ),
+        Service(
+            name="notifier",
+            port=8105,
+            routes=("/api/notifications",),
+            publishes=False,
+            needs_redis=True,
+            needs_push=True,
+            queues=("notifier-push-dlq",),
+            # `call.ringing` joins when the call service publishes it (its handler is ready).
+            subscriptions=(
+                Subscription("notifier-profile", "profile", (
+                    "profile.created", "profile.updated", "graph.followed",
+                    "graph.unfollowed", "graph.blocked", "graph.unblocked", "graph.muted",
+                    "graph.unmuted")),
+                Subscription("notifier-post", "post", ("post.created", "post.liked")),
+                Subscription("notifier-chat", "chat", ("chat.message_posted",)),
+            ),
+        ),
     ),
     user_pool=UserPool(name="asyncsns-users", client="asyncsns-web"),
+    push_platforms=(("apns", "APNS_SANDBOX"), ("fcm", "GCM")),
     buckets=(ARCHIVE_BUCKET, UPLOADS_BUCKET, MEDIA_BUCKET),
     archive_bucket=ARCHIVE_BUCKET,
     uploads_bucket=UPLOADS_BUCKET,

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import json
 import math
+import os
 import resource
 import socket
 import statistics
@@ -39,6 +40,7 @@ MESSAGE = b'{"type":"message","seq":'
 ACK = b'{"type":"ack"'
 ERROR = b'{"type":"error"'
 TEXT = b'"text":"'
+MACHINE = "machine"
 OUTSTANDING_MAX = 16  # unacknowledged sends per sender before it skips its turn
 
 
@@ -244,7 +246,8 @@ class Fanout:
         await self._settle(tally)
         return tally
 
-    async def _settle(self, tally: Tally, timeout_s: float = 30.0, stalled_s: float = 3.0) -> None:
+    async def _settle(self, tally: Tally, timeout_s: float = 120.0, stalled_s: float = 5.0,
+                      ) -> None:
         """Until every send is answered and every client has its channel's seqs, or nothing
         has arrived for `stalled_s`."""
         deadline, heard = time.monotonic() + timeout_s, (self.frames, time.monotonic())
@@ -285,12 +288,19 @@ def _cpu(data_dir: Path | None) -> dict[str, float]:
     seconds = {name: chat_procs.cpu_seconds(pids)
                for name, pids in chat_procs.stack_processes(data_dir).items()}
     own = resource.getrusage(resource.RUSAGE_SELF)
-    return seconds | {"bench": own.ru_utime + own.ru_stime}
+    return seconds | {"bench": own.ru_utime + own.ru_stime,
+                      MACHINE: chat_procs.machine_busy_seconds()}
 
 
 def _cpu_line(before: dict[str, float], after: dict[str, float], wall_s: float) -> str:
-    used = sorted(((after[n] - before.get(n, 0)) / wall_s * 100, n) for n in after)
-    return "  cpu % of one core: " + ", ".join(f"{n} {p:.0f}" for p, n in reversed(used) if p >= 1)
+    """Each process's share of one core, and how busy the whole machine was: the cores are
+    shared, with the load generator and with whatever else runs."""
+    used = {n: (after[n] - before.get(n, 0)) / wall_s * 100 for n in after}
+    machine = used.pop(MACHINE)
+    ours = sorted(((p, n) for n, p in used.items() if p >= 1), reverse=True)
+    return (f"  cpu % of one core: {', '.join(f'{n} {p:.0f}' for p, n in ours)}; the machine "
+            f"{machine:.0f} of {100 * (os.cpu_count() or 1)}, of which "
+            f"{max(machine - sum(used.values()), 0):.0f} by other processes")
 
 
 # --- the scenarios ------------------------------------------------------------------------

@@ -79,6 +79,12 @@ def gateway_limits(data_dir: Path | None) -> tuple[int, int] | None:
     return int(found["worker_processes"]), int(found["worker_connections"])
 
 
+def machine_busy_seconds() -> float:
+    """CPU time every core of the machine has spent busy since boot (all processes)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / TICKS_PER_S
+
+
 def nginx_complaints(data_dir: Path | None) -> int:
     """How often the gateway logged that its worker_connections were not enough."""
     log = data_dir / "nginx" / "error.log" if data_dir else None

@@ -146,6 +146,7 @@ class Receiver:
 
     port: int
     script: list[int | tuple[int, dict[str, str]]] = field(default_factory=list)
+    delay_s: float = 0.0  # a slow push service
     requests: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -163,6 +164,8 @@ class Receiver:
                 break
         self.requests.append({"path": scope["path"], "body": body,
                               "headers": {k.decode(): v.decode() for k, v in scope["headers"]}})
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         answer = self.script.pop(0) if self.script else 201
         status, headers = answer if isinstance(answer, tuple) else (answer, {})
         await send({"type": "http.response.start", "status": status,
@@ -170,9 +173,15 @@ class Receiver:
         await send({"type": "http.response.body", "body": b""})
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
+@contextlib.asynccontextmanager
+async def receiving() -> AsyncIterator[Receiver]:
     receiver = Receiver(0)
     async with serving(receiver) as url:
         receiver.port = int(url.rsplit(":", 1)[1])
+        yield receiver
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with receiving() as receiver:
         yield receiver

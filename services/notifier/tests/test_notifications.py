@@ -310,3 +310,33 @@ async def test_bad_subscriptions_are_refused_naming_the_field(settings, user, bo
                                    headers=alice.headers)
     problem = assert_problem(response, 422)
     assert field in json.dumps(problem), problem
+
+
+async def test_a_slow_push_service_does_not_hold_up_the_others(client, user, feed, receiver):
+    from .conftest import receiving
+
+    alice, bob = await user("alice"), await user("bob")
+    async with receiving() as slow:
+        slow.delay_s = 5  # longer than the push timeout (2 s)
+        await subscribed(client, alice, slow)
+        await subscribed(client, alice, receiver)
+        feed.send("notifier-profile", profile_events.Followed(actor_id=bob.id,
+                                                              target_id=alice.id),
+                  producer="profile", subject="u", actor=bob.id)
+        await wait_until(lambda: _count(receiver, 1), "the fast service got its push")
+        assert len(slow.requests) <= 1, "the slow one is still being waited for, alone"
+
+
+def test_the_breaker_opens_after_a_run_of_failures_and_closes_later(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(delivery.time, "monotonic", lambda: clock[0])
+    breaker = delivery.Breaker(failures=3, open_s=30)
+    for _ in range(2):
+        breaker.record("push.example", ok=False)
+    assert breaker.allows("push.example")
+    breaker.record("push.example", ok=False)
+    assert not breaker.allows("push.example") and breaker.allows("fcm")
+    clock[0] += 31
+    assert breaker.allows("push.example")
+    breaker.record("push.example", ok=True)
+    assert breaker.allows("push.example")

@@ -12,6 +12,8 @@ from jose import jwk, jwt
 
 from chassis.events import new_event
 from chassis.testing import assert_problem, aws_client
+from chat_svc import commands
+from chat_svc.actions import message_frame
 from profile_svc import events as profile_events
 
 from .conftest import messages_in
@@ -239,3 +241,25 @@ async def test_browsers_from_other_origins_are_refused(replicas, user, connect):
     assert refused.value.response.status_code == 403
     ok = await connect(replica, alice, origin="https://app.example")
     assert ok.of("ready")
+
+
+async def test_a_seq_published_ahead_of_its_predecessor_is_sent_after_it(
+        replicas, user, api, connect):
+    """Two replicas publish seq 1 and 2 in the wrong order: the session sends 1 from the
+    store first, then 2, and drops the late 1. (Its first seq in the channel too.)"""
+    [replica] = await replicas(1)
+    alice, bob = await user(replica, "alice"), await user(replica, "bob")
+    channel = await dm(api, replica, alice, bob)
+    b = await connect(replica, bob)
+    assert b.of("ready")[0]["cursors"] == {channel: 0}
+    chat = replica.app.state.chat
+    posted = [await chat.db.run(lambda conn, i=i: commands.post_message(
+        conn, channel_id=channel, caller=alice.id, client_msg_id=f"m{i}", text=f"m{i}",
+        online=set())) for i in range(2)]
+    first, second = (message for message, _, _ in posted)
+    for message in (second, first):
+        await chat.hub.publish("message", channel, [bob.id], message_frame(message),
+                               seq=message["change_seq"])
+    await b.wait_for(lambda c: len(messages_in(c, channel)) == 2, "both messages")
+    await asyncio.sleep(0.3)
+    assert [f["seq"] for f in messages_in(b, channel)] == [1, 2]

@@ -271,6 +271,12 @@ def channels_of(conn: Connection, caller: str) -> list[dict[str, Any]]:
     return [_channel(row, everyone[row.id]) for row in rows]
 
 
+def cursors_of(conn: Connection, caller: str) -> dict[str, int]:
+    """The caller's channels and their last seq now: where a new session starts."""
+    return dict(conn.execute(select(channels.c.id, channels.c.last_seq).join(
+        members, and_(members.c.channel_id == channels.c.id, members.c.user_id == caller))).all())
+
+
 def channel_ids_of(conn: Connection, caller: str) -> list[str]:
     return list(conn.execute(select(members.c.channel_id).where(members.c.user_id == caller))
                 .scalars())

@@ -44,7 +44,10 @@ class Session:
         self.user_id = user.id
         self.chat = chat
         self.queue: asyncio.Queue[Any] = asyncio.Queue(chat.settings.ws_send_queue_max)
-        self.sent: dict[str, int] = {}  # channel -> the last seq this connection sent
+        # channel -> the seq past which live frames are judged: at first the channel's seq when
+        # the session began, then the last one sent
+        self.sent: dict[str, int] = {}
+        self.delivered: dict[str, int] = {}  # channel -> the last seq really sent
         self.closing: int | None = None
 
     # --- what others hand to this session (never blocks) ----------------------------------
@@ -56,7 +59,7 @@ class Session:
         self._put(("direct", None, None, encode(frame)))
 
     async def catch_up(self) -> None:
-        """After the fan-out was interrupted: every tracked channel, from its cursor."""
+        """After the fan-out was interrupted: every channel, from where live frames were."""
         self._put(("sync", None, None, dict(self.sent)))
 
     def request_sync(self, cursors: dict[str, int]) -> None:
@@ -91,26 +94,39 @@ class Session:
                 await self.ws.send_text(payload.decode())
 
     async def _message(self, channel_id: str, seq: int, frame: bytes) -> None:
-        last = self.sent.get(channel_id)
-        if last is not None and seq <= last:
+        page = self.chat.settings.sync_page_max
+        # A channel joined since the session began: its latest page comes along (the rest of
+        # its history is a GET away).
+        last = self.sent.get(channel_id, max(0, seq - page))
+        if seq <= last:
             return  # sent already (by a sync or a gap fill)
-        if last is not None and seq > last + 1:
+        if seq > last + 1:
             await self._fill(channel_id, last, seq)
             if self.sent.get(channel_id, 0) >= seq:
                 return
-        self.sent[channel_id] = seq
-        await self.ws.send_text(frame.decode())
+        await self._send(channel_id, seq, frame)
+
+    async def _send(self, channel_id: str, seq: int, frame: bytes) -> None:
+        """Each seq at most once per connection, in increasing order."""
+        self.sent[channel_id] = max(self.sent.get(channel_id, 0), seq)
+        if seq > self.delivered.get(channel_id, 0):
+            self.delivered[channel_id] = seq
+            await self.ws.send_text(frame.decode())
 
     async def _fill(self, channel_id: str, after: int, upto: int) -> None:
-        """Send the changes between `after` and `upto` from the store, in seq order."""
-        limit = max(upto - after, 1)
-        changes = await self.chat.db.run(
-            lambda conn: commands.changes_since(conn, channel_id, after, limit))
-        for message in changes:
-            if message["change_seq"] > upto:
+        """Send the changes between `after` and `upto` from the store, in seq order, a page
+        at a time."""
+        page = self.chat.settings.sync_page_max
+        while True:
+            changes = await self.chat.db.run(
+                lambda conn, a=after: commands.changes_since(conn, channel_id, a, page))
+            for message in changes:
+                if message["change_seq"] > upto:
+                    break
+                after = message["change_seq"]
+                await self._send(channel_id, after, encode(message_frame(message)))
+            if len(changes) < page or after >= upto - 1 or changes[-1]["change_seq"] > upto:
                 break
-            self.sent[channel_id] = message["change_seq"]
-            await self.ws.send_text(encode(message_frame(message)).decode())
         # Changes superseded by later ones leave no row of their own: past them all now.
         self.sent[channel_id] = max(self.sent.get(channel_id, after), upto - 1)
 
@@ -132,14 +148,12 @@ class Session:
             if len(listed) > page:
                 more.append(channel_id)
                 listed = listed[:page]
-            start = cursors.get(channel_id, 0)
-            self.sent[channel_id] = max(self.sent.get(channel_id, 0), start)
             for message in listed:
-                if message["change_seq"] > self.sent[channel_id]:
-                    self.sent[channel_id] = message["change_seq"]
-                    await self.ws.send_text(encode(message_frame(message)).decode())
+                await self._send(channel_id, message["change_seq"],
+                                 encode(message_frame(message)))
         await self.ws.send_text(encode({"type": "synced", "cursors": {
-            c: self.sent[c] for c in changes}, "more": more}).decode())
+            c: max(cursors.get(c, 0), self.delivered.get(c, 0)) for c in changes},
+            "more": more}).decode())
 
 
 async def _authenticate(ws: WebSocket, chat: Chat) -> User | None:
@@ -175,9 +189,12 @@ async def chat_socket(ws: WebSocket) -> None:
         await ws.close(code=AUTH_FAILED, reason="authentication failed")
         return
     session = Session(ws, user, chat)
-    writer = asyncio.create_task(session.write())
+    # Joined first, then the channels' current seqs as the starting cursors, then the writer:
+    # whatever is published meanwhile waits in the queue and is judged against the cursors.
     await chat.hub.join(session)
-    session.send({"type": "ready", "user_id": user.id})
+    session.sent = await chat.db.run(lambda conn: commands.cursors_of(conn, user.id))
+    writer = asyncio.create_task(session.write())
+    session.send({"type": "ready", "user_id": user.id, "cursors": dict(session.sent)})
     try:
         await _receive(ws, session, chat, ws.app.state.typing)
     finally:

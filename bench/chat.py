@@ -41,7 +41,7 @@ ACK = b'{"type":"ack"'
 ERROR = b'{"type":"error"'
 TEXT = b'"text":"'
 MACHINE = "machine"
-OUTSTANDING_MAX = 16  # unacknowledged sends per sender before it skips its turn
+OUTSTANDING_MAX = 16  # unacknowledged sends per sender before it skips its turns
 
 
 # --- users and channels -------------------------------------------------------------------
@@ -237,11 +237,16 @@ class Fanout:
                 if sender.outstanding >= OUTSTANDING_MAX:
                     tally.skipped += 1
                     continue
+                try:
+                    await sender.ws.send(
+                        f'{{"type":"send","channel_id":"{sender.channel}","client_msg_id":'
+                        f'"b{tally.started_ns}-{n}","text":"{time.time_ns()}"}}')
+                except ConnectionClosed:
+                    sender.outstanding = OUTSTANDING_MAX  # skipped from now on
+                    tally.skipped += 1
+                    continue
                 sender.outstanding += 1
                 tally.sent += 1
-                await sender.ws.send(
-                    f'{{"type":"send","channel_id":"{sender.channel}","client_msg_id":'
-                    f'"b{tally.started_ns}-{n}","text":"{time.time_ns()}"}}')
             await asyncio.sleep(0.005)
         await self._settle(tally)
         return tally
@@ -324,15 +329,16 @@ async def deliveries(urls: list[str], users: list[tuple[str, str]], channel_ids:
     for rate in args.rate:
         cpu_before, wall = _cpu(data_dir), time.monotonic()
         tally = await fanout.step(rate, args.duration, senders)
-        print(_delivery_lines(tally, fanout, per_channel, args.duration))
+        print(_delivery_lines(tally, fanout, args.duration))
         print(_cpu_line(cpu_before, _cpu(data_dir), time.monotonic() - wall))
     for task in listeners:
         task.cancel()
     await close_all(sockets)
 
 
-def _delivery_lines(tally: Tally, fanout: Fanout, members: int, duration_s: float) -> str:
-    count = len(tally.latencies_ns)
+def _delivery_lines(tally: Tally, fanout: Fanout, duration_s: float) -> str:
+    count, last = len(tally.latencies_ns), fanout.last_seqs()
+    due = sum(last[c.channel] - c.base for c in fanout.clients)
     window_s = max(tally.last_delivery_ns - tally.started_ns, 1) / 1e9
     p50, p99 = _cuts_ms(tally.latencies_ns)
     ack50, ack99 = _cuts_ms(tally.ack_ns)
@@ -344,11 +350,11 @@ def _delivery_lines(tally: Tally, fanout: Fanout, members: int, duration_s: floa
         f"   ({DELIVERY_TARGET})",
         f"  messages sent {tally.sent:,} ({tally.sent / duration_s:,.0f}/s offered "
         f"{tally.rate:g}/s), acked {len(tally.ack_ns):,}; send -> ack p50 {ack50:.1f} ms "
-        f"p99 {ack99:.1f} ms; {count:,} deliveries of {len(tally.ack_ns) * members:,} due, "
+        f"p99 {ack99:.1f} ms; {count:,} deliveries of {due:,} due, "
         f"last {window_s - duration_s:.1f} s after the sending stopped",
     ]
     if missing:
-        last, missed = fanout.last_seqs(), collections.Counter()
+        missed = collections.Counter()
         for client in fanout.clients:
             missed.update((client.channel[-6:], seq)
                           for seq in client.missing(last[client.channel] - client.base))
@@ -356,9 +362,10 @@ def _delivery_lines(tally: Tally, fanout: Fanout, members: int, duration_s: floa
             f"seq {seq} of channel ..{channel} by {n} clients"
             for (channel, seq), n in missed.most_common(4)))
     if tally.skipped or tally.errors or reordered or fanout.lost:
-        lines.append(f"  sends skipped (sender {OUTSTANDING_MAX} behind) {tally.skipped:,}, "
-                     f"error frames {len(tally.errors)}, out of order {reordered}, "
-                     f"connections lost {len(fanout.lost)} (close codes "
+        lines.append(f"  sends skipped (sender {OUTSTANDING_MAX} behind or gone) "
+                     f"{tally.skipped:,}, error frames {len(tally.errors)}, "
+                     f"out of order {reordered}, "
+                     f"connections lost so far {len(fanout.lost)} (close codes "
                      f"{sorted(set(fanout.lost))})" + (f"; first error {tally.errors[0]}"
                                                       if tally.errors else ""))
     return "\n".join(lines)

@@ -42,9 +42,11 @@ async def _start(app: FastAPI) -> None:
 
 def build_app(settings: ChatSettings | None = None) -> FastAPI:
     """The chat service: channels, messages, and live sessions over WebSockets."""
-    return create_app(settings or ChatSettings(), ServiceSpec(
-        name="chat", metadata=metadata, routers=[api.router, ws.router], on_startup=_start,
+    app = create_app(settings or ChatSettings(), ServiceSpec(
+        name="chat", metadata=metadata, routers=[api.router], on_startup=_start,
         consumers={PROFILE_QUEUE: blocks.handlers() | {
             "profile.created": Apply(commands.record_user)}},
         description="Direct and group chat: channels, messages with per-channel seq, "
                     "WebSocket sessions fanned out across replicas through Redis."))
+    app.add_middleware(ws.DirectSocket)
+    return app

@@ -18,7 +18,7 @@ import json
 import logging
 from typing import Any
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from chassis.auth import User
@@ -29,7 +29,6 @@ from .actions import Chat, json_ready, message_frame
 from .hub import DROPPED, Throttle, encode
 
 log = logging.getLogger("chat.ws")
-router = APIRouter()
 
 AUTH_FAILED, FORBIDDEN_ORIGIN, TOO_SLOW, TOO_BIG = 4401, 4403, 4408, 1009
 _STOP = object()
@@ -175,7 +174,20 @@ async def _authenticate(ws: WebSocket, chat: Chat) -> User | None:
         return None
 
 
-@router.websocket("/ws/chat")
+class DirectSocket:
+    """Serves /ws/chat ahead of FastAPI's exception handling and routing: those layers add
+    nothing to a WebSocket, and their frames would stay alive as long as each connection."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/ws/chat":
+            await chat_socket(WebSocket(scope, receive, send))
+            return
+        await self.app(scope, receive, send)
+
+
 async def chat_socket(ws: WebSocket) -> None:
     chat: Chat = ws.app.state.chat
     settings = chat.settings

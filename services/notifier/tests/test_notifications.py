@@ -275,6 +275,11 @@ async def test_mobile_devices_get_ids_only_through_sns(app, client, user, feed):
         return states == ["done"]
 
     await wait_until(sent, "the push went through SNS")
+    # The same phone, signed in as someone else now: its endpoint changes hands.
+    carol = await user("carol")
+    again = await client.post("/api/notifications/subscriptions", headers=carol.headers,
+                              json={"kind": "fcm", "token": "fcm-token-123456"})
+    assert again.status_code == 201, again.text
     job = type("Job", (), {"notification_id": "n", "type": "follow", "seq": 1,
                            "actor_ids": [bob.id], "actor_count": 1, "subject": {},
                            "previews": False, "actor_username": bob.username})

@@ -3,9 +3,11 @@
 import asyncio
 import functools
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
+from botocore.exceptions import ClientError
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -191,10 +193,8 @@ async def subscribe(body: NewSubscription, user: CurrentUser, db: DatabaseDep,
         platform = settings.apns_platform_arn if body.kind == "apns" else settings.fcm_platform_arn
         if not platform:
             raise Problem(503, f"{body.kind} push is not configured here")
-        created = await request.app.state.sns.create_platform_endpoint(
-            PlatformApplicationArn=platform, Token=body.token,
-            CustomUserData=user.id)
-        row |= {"token": body.token, "endpoint_arn": created["EndpointArn"]}
+        arn = await _platform_endpoint(request.app.state.sns, platform, body.token, user.id)
+        row |= {"token": body.token, "endpoint_arn": arn}
 
     def add(conn: Connection) -> str:
         same = select(subscriptions.c.id).where(
@@ -211,6 +211,25 @@ async def subscribe(body: NewSubscription, user: CurrentUser, db: DatabaseDep,
         return row["id"]
 
     return {"id": await db.run(add)}
+
+
+_TAKEN = re.compile(r"Endpoint (arn:aws:sns:\S+) already exists")
+
+
+async def _platform_endpoint(sns: Any, platform: str, token: str, user_id: str) -> str:
+    """The device's SNS endpoint. A token SNS knows with other attributes (the device changed
+    hands, or was disabled) is taken over and enabled, as AWS advises."""
+    try:
+        created = await sns.create_platform_endpoint(
+            PlatformApplicationArn=platform, Token=token, CustomUserData=user_id)
+        return created["EndpointArn"]
+    except ClientError as error:
+        taken = _TAKEN.search(error.response["Error"].get("Message", ""))
+        if error.response["Error"]["Code"] != "InvalidParameter" or not taken:
+            raise Problem(502, f"the push platform refused the device: {error}") from error
+    await sns.set_endpoint_attributes(EndpointArn=taken.group(1), Attributes={
+        "CustomUserData": user_id, "Enabled": "true"})
+    return taken.group(1)
 
 
 @router.delete("/subscriptions/{subscription_id}", status_code=204)

@@ -2,6 +2,7 @@
 
 import asyncio
 
+import httpx
 from fastapi import FastAPI
 
 from chassis.app import ServiceSpec, create_app
@@ -30,7 +31,12 @@ def build_app(settings: NotifierSettings | None = None) -> FastAPI:
                )["QueueUrl"]
         app.state.sns, app.state.dlq_url = sns, dlq
         app.state.streams = Streams(app.state.redis)
-        dispatcher = Dispatcher(db=app.state.db, http=app.state.http, sns=sns, sqs=sqs,
+        # Its own pool, as wide as the pushes in flight: connections to a push service are
+        # reused instead of closed when more run at once than the shared client keeps.
+        http = await app.state.exit_stack.enter_async_context(httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=2 * settings.push_concurrency,
+                                max_keepalive_connections=settings.push_concurrency)))
+        dispatcher = Dispatcher(db=app.state.db, http=http, sns=sns, sqs=sqs,
                                 settings=settings, dlq_url=dlq)
         holder["dispatcher"] = app.state.dispatcher = dispatcher
         app.state.tasks["push-dispatcher"] = asyncio.create_task(dispatcher.run())

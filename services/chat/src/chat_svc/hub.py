@@ -57,6 +57,9 @@ class Hub:
         self._presence_ttl = presence_ttl_s
         self._presence_gate = presence_gate_s
         self.on_presence: Callable[[str, bool], Awaitable[None]] | None = None
+        # Thousands of sessions may open or close at once (a replica restarting): their
+        # presence updates take turns instead of exhausting the Redis connection pool.
+        self._presence_ops = asyncio.Semaphore(32)
 
     # --- publishing ---------------------------------------------------------------------
 
@@ -122,9 +125,10 @@ class Hub:
         self.sessions[session.user_id].add(session)
         if first:
             try:
-                await self.redis.set(ONLINE + session.user_id, self.replica,
-                                     ex=self._presence_ttl)
-                await self._announce(session.user_id, True)
+                async with self._presence_ops:
+                    await self.redis.set(ONLINE + session.user_id, self.replica,
+                                         ex=self._presence_ttl)
+                    await self._announce(session.user_id, True)
             except Exception:
                 log.warning("could not record presence of %s", session.user_id, exc_info=True)
 
@@ -138,8 +142,9 @@ class Hub:
         del self.sessions[session.user_id]
         try:
             # Another replica holding this user sets the key again on its next refresh.
-            await self.redis.delete(ONLINE + session.user_id)
-            await self._announce(session.user_id, False)
+            async with self._presence_ops:
+                await self.redis.delete(ONLINE + session.user_id)
+                await self._announce(session.user_id, False)
         except Exception:
             log.warning("could not clear presence of %s", session.user_id, exc_info=True)
 

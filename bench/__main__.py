@@ -13,36 +13,12 @@ import argparse
 import asyncio
 import functools
 import socket
-import uuid
 from pathlib import Path
-
-import httpx
 
 from .drain import wait_drained
 from .lag import measure, settle
 from .load import run_wrk
-from .stack import embedded_stack
-
-
-async def _sign_up(base_url: str, count: int) -> list[tuple[str, str]]:
-    """Create `count` users through the gateway; returns (access_token, user_id) pairs."""
-    run = uuid.uuid4().hex[:6]
-    limit = asyncio.Semaphore(8)
-
-    async def one(http: httpx.AsyncClient, i: int) -> tuple[str, str]:
-        username, password = f"bench_{run}_{i}", "bench pass 1"
-        async with limit:
-            created = await http.post("/api/auth/signup", json={
-                "username": username, "email": f"{username}@example.com", "password": password})
-            created.raise_for_status()
-            login = await http.post("/api/auth/login",
-                                    json={"username": username, "password": password})
-            login.raise_for_status()
-        return login.json()["access_token"], created.json()["user_id"]
-
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
-        return await asyncio.gather(*(one(http, i) for i in range(count)))
-
+from .stack import embedded_stack, sign_up
 
 SCENARIOS = (
     ("post -> home timeline and search", "lag", ""),
@@ -89,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
 
     def scenarios(base_url: str, data_dir: Path | None = None) -> None:
-        users = asyncio.run(_sign_up(base_url, args.users))
+        users = asyncio.run(sign_up(base_url, args.users))
         print(f"stack {base_url}, {len(users)} users, {args.connections} concurrent clients, "
               f"{args.duration} s each")
         for name, mode, target in SCENARIOS:

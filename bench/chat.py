@@ -22,7 +22,6 @@ import resource
 import socket
 import statistics
 import time
-import uuid
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from . import chat_procs
-from .stack import embedded_stack
+from .stack import embedded_stack, sign_up
 
 DELIVERY_TARGET = "target >= 25,000/s, p99 <= 100 ms, zero loss"
 IDLE_TARGET_KIB = 30
@@ -45,25 +44,6 @@ OUTSTANDING_MAX = 16  # unacknowledged sends per sender before it skips its turn
 
 
 # --- users and channels -------------------------------------------------------------------
-
-async def sign_up(base_url: str, count: int, concurrency: int = 12) -> list[tuple[str, str]]:
-    """`count` new users; returns (access_token, user_id) pairs."""
-    run, limit = uuid.uuid4().hex[:6], asyncio.Semaphore(concurrency)
-
-    async def one(http: httpx.AsyncClient, i: int) -> tuple[str, str]:
-        username, password = f"chat_{run}_{i}", "bench pass 1"
-        async with limit:
-            created = await http.post("/api/auth/signup", json={
-                "username": username, "email": f"{username}@example.com", "password": password})
-            created.raise_for_status()
-            login = await http.post("/api/auth/login",
-                                    json={"username": username, "password": password})
-            login.raise_for_status()
-        return login.json()["access_token"], created.json()["user_id"]
-
-    async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
-        return await asyncio.gather(*(one(http, i) for i in range(count)))
-
 
 async def open_channels(base_url: str, groups: list[list[tuple[str, str]]],
                         timeout_s: float = 120.0) -> list[str]:
@@ -448,8 +428,9 @@ async def _connect_somehow(scenario, count: int, base_url: str, args: argparse.N
 async def _run(base_url: str, args: argparse.Namespace, data_dir: Path | None) -> None:
     only = set(args.only or ("idle", "deliveries"))
     started = time.monotonic()
-    users = await sign_up(base_url, max(args.clients if "deliveries" in only else 0,
-                                        args.idle_users if "idle" in only else 0))
+    count = max(args.clients if "deliveries" in only else 0,
+                args.idle_users if "idle" in only else 0)
+    users = await sign_up(base_url, count, prefix="chat", concurrency=12)
     print(f"stack {base_url}, {len(users):,} users signed up in "
           f"{time.monotonic() - started:.0f} s")
     if "idle" in only:

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +39,6 @@ from typing import Any
 import aioboto3
 import http_ece
 import httpx
-import uvicorn
 from botocore.config import Config
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -50,7 +49,7 @@ from ulid import ULID
 from chassis.db import utcnow
 from chassis.events import Envelope, new_event
 from chassis.ports import free_port
-from chassis.testing import FAKE_AWS, REGION, CognitoPool, aws_client
+from chassis.testing import FAKE_AWS, REGION, CognitoPool, aws_client, live
 from notifier_svc.settings import NotifierSettings
 from notifier_svc.webpush import b64url_encode
 from profile_svc.events import ProfileCreated
@@ -282,24 +281,6 @@ class Receiver:
             if len(self.got) != seen:
                 seen, last = len(self.got), time.monotonic()
         await asyncio.sleep(1)
-
-
-@contextlib.asynccontextmanager
-async def serving(receiver: Receiver) -> AsyncIterator[str]:
-    """The receiver on a real port (uvicorn, in this process's event loop)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(receiver, host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False, lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 (uvicorn offers no event for it)
-        if task.done():
-            raise RuntimeError("the push receiver did not start")
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 @dataclass
@@ -546,13 +527,13 @@ async def measure(stack: Stack, args: argparse.Namespace) -> None:
     async with (
         session.client("sqs", config=Config(max_pool_connections=IN_FLIGHT), **kwargs) as sqs,
         session.client("cognito-idp", **kwargs) as idp,
-        serving(receiver) as receiver_url,
+        live(receiver, lifespan="off", access_log=False) as receiving,
         httpx.AsyncClient(base_url=stack.notifier_url, timeout=30) as http,
     ):
         began = time.monotonic()
         devices = await sign_up(idp, stack.settings, args.users)
         await introduce(sqs, devices)
-        await subscribe(stack.notifier_url, devices, receiver_url)
+        await subscribe(stack.notifier_url, devices, receiving.url)
         s = stack.settings
         print(f"notifier: own process (uvicorn, SQLite; consumer_concurrency "
               f"{s.consumer_concurrency}, consumer_wait_time_s {s.consumer_wait_time_s}, "

@@ -1,5 +1,6 @@
 """Start the embedded stack for a benchmark, or use one that already runs."""
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,3 +46,23 @@ def embedded_stack(port: int, replicas: str | None) -> Iterator[tuple[str, Path]
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+async def sign_up(base_url: str, count: int, *, prefix: str = "bench",
+                  concurrency: int = 8) -> list[tuple[str, str]]:
+    """Create `count` users through the gateway; returns (access_token, user_id) pairs."""
+    run, limit = uuid.uuid4().hex[:6], asyncio.Semaphore(concurrency)
+
+    async def one(http: httpx.AsyncClient, i: int) -> tuple[str, str]:
+        username, password = f"{prefix}_{run}_{i}", "bench pass 1"
+        async with limit:
+            created = await http.post("/api/auth/signup", json={
+                "username": username, "email": f"{username}@example.com", "password": password})
+            created.raise_for_status()
+            login = await http.post("/api/auth/login",
+                                    json={"username": username, "password": password})
+            login.raise_for_status()
+        return login.json()["access_token"], created.json()["user_id"]
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
+        return await asyncio.gather(*(one(http, i) for i in range(count)))

@@ -17,13 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 from jose import jwt
 
 from chassis.events import new_event
 from chassis.ports import free_port, wait_for_port
-from chassis.testing import EventTap, aws_client, subscribe_queue
+from chassis.testing import EventTap, LiveServer, aws_client, start_live, subscribe_queue
 from chat_svc.commands import record_user
 from chat_svc.main import PROFILE_QUEUE, build_app
 from chat_svc.settings import ChatSettings
@@ -94,21 +93,26 @@ def settings(database_url, cognito, moto_endpoint, tap, names, redis_server,
 @dataclass
 class Replica:
     app: Any
-    server: uvicorn.Server
-    task: asyncio.Task
-    port: int
+    live: LiveServer
+
+    @property
+    def port(self) -> int:
+        return self.live.port
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.live.url
 
     @property
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/chat"
 
+    @property
+    def task(self) -> asyncio.Task:
+        return self.live.task
+
     async def stop(self) -> None:
-        self.server.should_exit = True
-        await self.task
+        await self.live.stop()
 
 
 @pytest.fixture
@@ -120,15 +124,8 @@ async def replicas(settings) -> AsyncIterator[Any]:
         new = []
         for _ in range(count):
             app = build_app(settings.model_copy(update=overrides))
-            port = free_port()
-            server = uvicorn.Server(uvicorn.Config(
-                app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                ws_max_size=1 << 20, timeout_graceful_shutdown=2))
-            task = asyncio.create_task(server.serve())
-            while not server.started:
-                assert not task.done(), "the replica did not start"
-                await asyncio.sleep(0.02)
-            new.append(Replica(app, server, task, port))
+            new.append(Replica(app, await start_live(
+                app, lifespan="on", ws_max_size=1 << 20, timeout_graceful_shutdown=2)))
         started.extend(new)
         return new
 

@@ -11,14 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from jose import jwt
 from ulid import ULID
 
 from chassis.db import utcnow
 from chassis.events import Envelope, EventData, new_event
-from chassis.ports import free_port
-from chassis.testing import aws_client
+from chassis.testing import aws_client, live
 from notifier_svc.main import build_app
 from notifier_svc.settings import NotifierSettings
 from profile_svc import events as profile_events
@@ -89,25 +87,10 @@ def settings(database_url, cognito, moto_endpoint, names, feed, redis_url, platf
 async def app(settings):
     """The notifier on a real port (the SSE stream needs a real server to stream)."""
     app = build_app(settings)
-    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
+    async with (live(app, timeout_graceful_shutdown=1) as server,
+                httpx.AsyncClient(base_url=server.url, timeout=10) as http):
         app.state.test_client = http
         yield app
-
-
-@contextlib.asynccontextmanager
-async def serving(asgi: Any) -> AsyncIterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=port,
-                                           log_level="warning", timeout_graceful_shutdown=1))
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 (uvicorn offers no event for it)
-        assert not task.done(), "the server did not start"
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest.fixture
@@ -176,8 +159,8 @@ class Receiver:
 @contextlib.asynccontextmanager
 async def receiving() -> AsyncIterator[Receiver]:
     receiver = Receiver(0)
-    async with serving(receiver) as url:
-        receiver.port = int(url.rsplit(":", 1)[1])
+    async with live(receiver, lifespan="off") as server:
+        receiver.port = server.port
         yield receiver
 
 

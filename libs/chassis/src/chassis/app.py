@@ -110,9 +110,13 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
         db.on_events_committed.append(relay.wake)
         app.state.relay = relay
         app.state.tasks["outbox-relay"] = asyncio.create_task(relay.run())
-    if spec.consumers:
+    # The queues the deployment has (CONSUME_QUEUES, from the topology); a service may bring
+    # handlers for a queue that joins later (the notifier's call.ringing). Unset: all of them.
+    consumers = {queue: handlers for queue, handlers in spec.consumers.items()
+                 if not settings.consume_queues or queue in settings.consume_queues}
+    if consumers:
         sqs = await stack.enter_async_context(app.state.aws.client("sqs", **aws_kwargs))
-        for queue, handlers in spec.consumers.items():
+        for queue, handlers in consumers.items():
             url = (await sqs.get_queue_url(QueueName=settings.queue_prefix + queue))["QueueUrl"]
             consumer = Consumer(
                 service=spec.name, name=queue, queue_url=url, sqs=sqs, db=db,

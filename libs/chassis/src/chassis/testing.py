@@ -302,6 +302,49 @@ async def serve_in_process(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+@dataclass
+class LiveServer:
+    """An ASGI app served by uvicorn on a real loopback port, in this event loop: for what
+    in-process transport cannot do (WebSockets, streaming responses, a peer's HTTP server)."""
+
+    server: Any
+    task: asyncio.Task[None]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+async def start_live(asgi: Any, **config: Any) -> LiveServer:
+    """Serve `asgi` on a free port (uvicorn.Config keywords in `config`) once it listens."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=port,
+                                           log_level="warning", **config))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 (uvicorn offers no event for it)
+        if task.done():
+            raise RuntimeError(f"the server on port {port} did not start")
+        await asyncio.sleep(0.01)
+    return LiveServer(server, task, port)
+
+
+@contextlib.asynccontextmanager
+async def live(asgi: Any, **config: Any) -> AsyncIterator[LiveServer]:
+    """`start_live` for the block; stopped afterwards."""
+    running = await start_live(asgi, **config)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     """The response is an RFC 9457 problem with `status`; returns its body."""
     assert response.status_code == status, response.text

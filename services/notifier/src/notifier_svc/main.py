@@ -42,12 +42,10 @@ def build_app(settings: NotifierSettings | None = None) -> FastAPI:
         app.state.tasks["push-dispatcher"] = asyncio.create_task(dispatcher.run())
         app.state.tasks["streams"] = asyncio.create_task(app.state.streams.run())
 
-    # The queues the deployment has (`call.ringing` has its handler before the call service
-    # publishes it: its queue joins the topology with that service).
-    consumers = {queue: handlers for queue, handlers in inbox.handlers(told).items()
-                 if not settings.consume_queues or queue in settings.consume_queues}
+    # `call.ringing` has its handler before the call service publishes it: its queue joins
+    # CONSUME_QUEUES with that service.
     app = create_app(settings, ServiceSpec(
         name="notifier", metadata=metadata, routers=[api.router], on_startup=start,
-        consumers=consumers,
+        consumers=inbox.handlers(told),
         description="Notifications: inbox, real-time stream, Web Push and mobile push."))
     return app

@@ -26,6 +26,7 @@ from sqlalchemy import (
     event,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, create_engine, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -43,6 +44,12 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+def dialect_insert(conn: Connection, table: Table) -> Any:
+    """An INSERT with its dialect's ON CONFLICT clauses (`on_conflict_do_nothing` / `_update`),
+    for the SQLite or PostgreSQL connection at hand."""
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
 def utcnow() -> datetime:

@@ -8,13 +8,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
-from chassis.db import utcnow
+from chassis.db import dialect_insert, utcnow
 from chassis.events import EventData, new_event
 from chassis.outbox import stage_event
 from chassis.problems import Problem, invalid, not_found
@@ -221,9 +219,8 @@ def _check_users(conn: Connection, user_ids: list[str]) -> None:
 def record_user(conn: Connection, envelope: Any) -> None:
     """profile.created: the user may be named in channels."""
     data = envelope.data
-    statement = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}[conn.dialect.name]
-    conn.execute(statement(users).values(user_id=data["user_id"], username=data["username"])
-                 .on_conflict_do_nothing())
+    conn.execute(dialect_insert(conn, users).values(
+        user_id=data["user_id"], username=data["username"]).on_conflict_do_nothing())
 
 
 def _membership(conn: Connection, channel_id: str, user_id: str) -> Any:

@@ -11,12 +11,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import bindparam, exists, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from ulid import ULID
 
 from chassis.consumer import Apply
-from chassis.db import utcnow
+from chassis.db import dialect_insert, utcnow
 from chassis.events import Envelope
 
 from .models import (
@@ -52,11 +51,10 @@ _BY_USERNAME = select(users.c.user_id).where(users.c.username.in_(
 _FOLLOWS = select(exists().where(follows.table.c.follower_id == _USER,
                                  follows.table.c.followee_id == _ACTOR,
                                  follows.table.c.following))
-_INSERT_IGNORE = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
 def ensure_inbox(conn: Connection, user_id: str) -> None:
-    conn.execute(_INSERT_IGNORE[conn.dialect.name](inboxes).values(
+    conn.execute(dialect_insert(conn, inboxes).values(
         user_id=user_id, last_seq=0, read_seq=0).on_conflict_do_nothing())
 
 
@@ -90,7 +88,7 @@ def notify(conn: Connection, *, user_id: str, kind: str, actor_id: str,
             updated_at=now))
     devices = list(conn.execute(_DEVICES, {"user": user_id}).scalars())
     if devices:
-        conn.execute(_INSERT_IGNORE[conn.dialect.name](push_jobs).on_conflict_do_nothing(), [
+        conn.execute(dialect_insert(conn, push_jobs).on_conflict_do_nothing(), [
             {"event_id": event_id, "notification_id": notification_id, "subscription_id": d,
              "status": "pending", "attempts": 0, "next_at": now, "created_at": now}
             for d in devices])
@@ -215,7 +213,7 @@ def on_profile(conn: Connection, envelope: Envelope) -> list[str]:
     profile = Profile.model_validate(envelope.data)
     values = {"username": profile.username, "display_name": profile.display_name,
               "avatar_url": profile.avatar_url}
-    statement = _INSERT_IGNORE[conn.dialect.name](users).values(user_id=profile.user_id,
+    statement = dialect_insert(conn, users).values(user_id=profile.user_id,
                                                                   **values)
     conn.execute(statement.on_conflict_do_update(index_elements=[users.c.user_id],
                                                  set_=values))

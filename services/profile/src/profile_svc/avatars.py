@@ -11,11 +11,10 @@ from typing import Any
 
 from pydantic import ConfigDict
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from chassis.consumer import Apply
-from chassis.db import utcnow
+from chassis.db import dialect_insert, utcnow
 from chassis.events import Envelope, EventData, new_event
 from chassis.outbox import stage_event
 from chassis.problems import invalid
@@ -61,8 +60,7 @@ def settled(conn: Connection, envelope: Envelope) -> None:
     row = {"media_id": media.media_id, "owner_id": media.owner_id, "kind": media.kind,
            "ready": ready, "avatar_url": media.variants.get(AVATAR_VARIANT),
            "error": media.error}
-    insert_ = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[conn.dialect.name]
-    conn.execute(insert_(_UPLOADS).values(row).on_conflict_do_nothing())
+    conn.execute(dialect_insert(conn, _UPLOADS).values(row).on_conflict_do_nothing())
     if not ready or media.kind != "image":
         return
     # Locked by user alone: a PATCH naming this upload right now is waited for and seen.

@@ -7,59 +7,28 @@ replicas it starts with `replicas(n)`.
 
 import asyncio
 import contextlib
-import json
-import shutil
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-import websockets
 from jose import jwt
 
 from chassis.events import new_event
-from chassis.ports import free_port, wait_for_port
-from chassis.testing import EventTap, LiveServer, aws_client, start_live, subscribe_queue
+from chassis.testing import (
+    EventTap,
+    LiveServer,
+    WsClient,
+    aws_client,
+    start_live,
+    subscribe_queue,
+)
 from chat_svc.commands import record_user
 from chat_svc.main import PROFILE_QUEUE, build_app
 from chat_svc.settings import ChatSettings
 from profile_svc import events as profile_events
-
-
-class RedisServer:
-    """A private redis-server that a test may stop and start again on the same port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
-             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
-@pytest.fixture
-def redis_server():
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -162,59 +131,16 @@ def user(cognito, replicas):
     return make
 
 
-@dataclass
-class Client:
-    """A WebSocket client that keeps every frame it receives."""
-
-    conn: Any
-    frames: list[dict[str, Any]] = field(default_factory=list)
-    reader: asyncio.Task | None = None
-    closed: Any = None
-
-    async def send(self, frame: dict[str, Any]) -> None:
-        await self.conn.send(json.dumps(frame))
-
-    async def _read(self) -> None:
-        try:
-            async for raw in self.conn:
-                self.frames.append(json.loads(raw))
-        except websockets.ConnectionClosed as closed:
-            self.closed = closed
-        else:
-            self.closed = self.conn.close_code
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [f for f in self.frames if f["type"] == kind]
-
-    async def wait_for(self, predicate, what: str, timeout_s: float = 10.0) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while not predicate(self):
-            if asyncio.get_running_loop().time() > deadline:
-                pytest.fail(f"timed out waiting for {what}; frames: {self.frames[-5:]}")
-            await asyncio.sleep(0.02)
-
-    async def close(self) -> None:
-        await self.conn.close()
-        if self.reader:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self.reader
-
-
 @pytest.fixture
 async def connect() -> AsyncIterator[Any]:
     """`await connect(replica, user)`: an authenticated client that got `ready`."""
-    clients: list[Client] = []
+    clients: list[WsClient] = []
 
     async def open_(replica: Replica, user: User | None = None, *, auth: bool = True,
-                    **kwargs: Any) -> Client:
-        conn = await websockets.connect(replica.ws, max_size=4 << 20, **kwargs)
-        client = Client(conn)
+                    **kwargs: Any) -> WsClient:
+        client = await WsClient.open(
+            replica.ws, user.token if auth and user is not None else None, **kwargs)
         clients.append(client)
-        if auth and user is not None:
-            await client.send({"type": "auth", "token": user.token})
-        client.reader = asyncio.create_task(client._read())
-        if auth and user is not None:
-            await client.wait_for(lambda c: c.of("ready") or c.closed, "ready")
         return client
 
     yield open_
@@ -233,6 +159,6 @@ def api():
     return make
 
 
-def messages_in(client: Client, channel_id: str) -> list[dict[str, Any]]:
+def messages_in(client: WsClient, channel_id: str) -> list[dict[str, Any]]:
     """The message frames a client received for a channel, in arrival order."""
     return [f for f in client.of("message") if f["message"]["channel_id"] == channel_id]

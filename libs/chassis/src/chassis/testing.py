@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,40 @@ def redis_url() -> Iterator[str]:
     proc.wait(timeout=10)
 
 
+class RedisServer:
+    """A private redis-server that a test may stop and start again on the same port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
+             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of the test's own (which it may restart)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
 # --- databases ----------------------------------------------------------------------------
 
 class PostgresServer:
@@ -274,6 +308,20 @@ class EventTap:
 
     sqs: Any
     url: str
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+    async def wait_for(self, event_type: str, where: Callable[[dict[str, Any]], bool] | None = None,
+                       timeout_s: float = 10.0) -> dict[str, Any]:
+        """The first event of `event_type` (matching `where`) published so far or soon."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for event in self.seen:
+                if event["type"] == event_type and (where is None or where(event)):
+                    return event
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {event_type} event within {timeout_s:.0f}s; "
+                            f"saw {[e['type'] for e in self.seen]}")
+            self.seen += await asyncio.to_thread(self._drain, 1, 1.0)
 
     async def drain(self, expected: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
         """Collect at least `expected` events (the app's loop keeps running meanwhile)."""
@@ -392,3 +440,58 @@ async def running(*loops: Coroutine[Any, Any, Any]) -> AsyncIterator[None]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass
+class WsClient:
+    """A WebSocket client (the `websockets` library) that keeps every JSON frame it receives."""
+
+    conn: Any
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    reader: asyncio.Task[None] | None = None
+    closed: Any = None
+
+    @classmethod
+    async def open(cls, url: str, token: str | None = None, *, ready: str | None = "ready",
+                   **kwargs: Any) -> "WsClient":
+        """Connect; with a token, send the `auth` frame and wait for `ready` (or the close)."""
+        import websockets
+
+        client = cls(await websockets.connect(url, max_size=4 << 20, **kwargs))
+        if token is not None:
+            await client.send({"type": "auth", "token": token})
+        client.reader = asyncio.create_task(client._read())
+        if token is not None and ready:
+            await client.wait_for(lambda c: c.of(ready) or c.closed, ready)
+        return client
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.conn.send(json.dumps(frame))
+
+    async def _read(self) -> None:
+        import websockets
+
+        try:
+            async for raw in self.conn:
+                self.frames.append(json.loads(raw))
+        except websockets.ConnectionClosed as closed:
+            self.closed = closed
+        else:
+            self.closed = self.conn.close_code
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f["type"] == kind]
+
+    async def wait_for(self, predicate: Callable[["WsClient"], Any], what: str,
+                       timeout_s: float = 10.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not predicate(self):
+            if asyncio.get_running_loop().time() > deadline:
+                pytest.fail(f"timed out waiting for {what}; frames: {self.frames[-5:]}")
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        await self.conn.close()
+        if self.reader:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self.reader

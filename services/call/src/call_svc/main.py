@@ -1,0 +1,44 @@
+"""Wiring: build the call service's app from its settings (uvicorn --factory)."""
+
+import asyncio
+
+from fastapi import FastAPI
+
+from chassis.app import ServiceSpec, create_app
+from chassis.consumer import Apply
+
+from . import api, commands, ws
+from .actions import Calls
+from .hub import Hub
+from .ice import ice_provider
+from .models import blocks, metadata
+from .settings import CallSettings
+
+PROFILE_QUEUE, CHAT_QUEUE = "call-profile", "call-chat"
+
+
+async def _start(app: FastAPI) -> None:
+    settings: CallSettings = app.state.settings
+    if app.state.redis is None:
+        raise RuntimeError("the call service needs REDIS_URL: signaling runs through Redis")
+    hub = Hub(app.state.redis)
+    app.state.hub = hub
+    app.state.calls = Calls(app.state.db, hub, settings)
+    app.state.ice = ice_provider(settings, app.state.aws)
+    app.state.tasks["signaling"] = asyncio.create_task(hub.run())
+    app.state.tasks["ring-out"] = asyncio.create_task(app.state.calls.ring_out())
+    await asyncio.wait_for(hub.ready.wait(), 10)
+
+
+def build_app(settings: CallSettings | None = None) -> FastAPI:
+    """The call service: calls, their signaling, recordings and live streams."""
+    app = create_app(settings or CallSettings(), ServiceSpec(
+        name="call", metadata=metadata, routers=[api.router], on_startup=_start,
+        consumers={
+            PROFILE_QUEUE: blocks.handlers() | {"profile.created": Apply(commands.record_user)},
+            CHAT_QUEUE: {"chat.channel_created": Apply(commands.record_channel),
+                         "chat.members_changed": Apply(commands.record_channel)}},
+        description="Voice and video calls (peer-to-peer, signaled over WebSockets across "
+                    "replicas through Redis), TURN credentials, recordings and live streams."))
+    app.add_middleware(ws.DirectSocket)
+    return app

@@ -1,0 +1,194 @@
+"""Call replicas as real uvicorn servers on one database and one redis-server (moto for
+Cognito, SNS and SQS), and a real coturn (Debian's turnserver).
+
+coturn runs as deployed, with TURN REST API credentials (`--use-auth-secret`), but on loopback
+only: relay addresses are 127.0.0.1, so loopback peers must be allowed.
+"""
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from jose import jwt
+
+from call_svc.commands import record_user
+from call_svc.main import CHAT_QUEUE, PROFILE_QUEUE, build_app
+from call_svc.settings import CallSettings
+from chassis.events import new_event
+from chassis.ports import free_port, free_port_block, wait_for_port
+from chassis.testing import EventTap, LiveServer, WsClient, aws_client, start_live, subscribe_queue
+from profile_svc import events as profile_events
+
+RELAY_PORTS = 20  # allocations one test session holds at once, with room to spare
+
+
+@dataclass(frozen=True)
+class Coturn:
+    """Where a running turnserver listens and the secret its credentials are signed with."""
+
+    host: str
+    port: int
+    secret: str
+    realm: str
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"turn:{self.host}:{self.port}?transport=udp"
+
+
+@pytest.fixture(scope="session")
+def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
+    """A turnserver on a free port of 127.0.0.1 that accepts REST API credentials."""
+    binary = shutil.which("turnserver")
+    if not binary:
+        pytest.skip("coturn is not installed (apt-get install coturn)")
+    workdir = tmp_path_factory.mktemp("coturn")
+    server = Coturn("127.0.0.1", free_port(), secrets.token_urlsafe(24), "asyncsns",
+                    workdir / "turnserver.log")
+    relay_low = free_port_block(RELAY_PORTS)
+    command = [
+        binary, "--listening-ip", server.host, "--listening-port", str(server.port),
+        "--relay-ip", server.host, "--min-port", str(relay_low),
+        "--max-port", str(relay_low + RELAY_PORTS - 1),
+        "--use-auth-secret", f"--static-auth-secret={server.secret}", "--realm", server.realm,
+        "--no-tls", "--no-dtls", "--no-cli", "--allow-loopback-peers",
+        # Its defaults for these are under /var: keep everything in the temp dir.
+        "--userdb", str(workdir / "turndb"), "--pidfile", str(workdir / "turnserver.pid"),
+        "--log-file", "stdout", "--simple-log",
+    ]
+    with server.log.open("wb") as log:
+        proc = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(server.port, timeout=10)
+    except TimeoutError:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"turnserver did not start (exit {proc.returncode}):\n"
+                    f"{server.log.read_text()}")
+    yield server
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+# --- call replicas --------------------------------------------------------------------------
+
+@pytest.fixture
+def names() -> str:
+    return f"t{uuid.uuid4().hex[:8]}-"
+
+
+@pytest.fixture
+def tap(moto_endpoint: str, names: str) -> tuple[str, EventTap]:
+    sns, sqs = aws_client("sns", moto_endpoint), aws_client("sqs", moto_endpoint)
+    topic = sns.create_topic(Name=f"{names}call-events")["TopicArn"]
+    return topic, EventTap(sqs, subscribe_queue(sns, sqs, topic, f"{names}tap"))
+
+
+@pytest.fixture
+def settings(database_url, cognito, moto_endpoint, tap, names, redis_server) -> CallSettings:
+    sqs = aws_client("sqs", moto_endpoint)
+    for queue in (PROFILE_QUEUE, CHAT_QUEUE):
+        sqs.create_queue(QueueName=names + queue)
+    return CallSettings(
+        database_url=database_url, aws_endpoint_url=moto_endpoint, aws_access_key_id="testing",
+        aws_secret_access_key="testing", events_topic_arn=tap[0], queue_prefix=names,
+        redis_url=redis_server.url, consumer_wait_time_s=1, consumer_retry_base_s=0,
+        outbox_poll_interval_s=0.1, log_json=False, sweep_interval_s=0.2, **cognito.env())
+
+
+@dataclass
+class Replica:
+    app: Any
+    live: LiveServer
+
+    @property
+    def http(self) -> str:
+        return self.live.url
+
+    def ws(self, call_id: str) -> str:
+        return f"ws://127.0.0.1:{self.live.port}/ws/calls/{call_id}"
+
+
+@pytest.fixture
+async def replicas(settings) -> AsyncIterator[Any]:
+    """`await replicas(n, **overrides)`: n call replicas serving on real ports."""
+    started: list[Replica] = []
+
+    async def start(count: int = 1, **overrides: Any) -> list[Replica]:
+        new = []
+        for _ in range(count):
+            app = build_app(settings.model_copy(update=overrides))
+            new.append(Replica(app, await start_live(
+                app, lifespan="on", ws_max_size=1 << 20, timeout_graceful_shutdown=2)))
+        started.extend(new)
+        return new
+
+    yield start
+    for replica in started:
+        if not replica.live.task.done():
+            await replica.live.stop()
+
+
+@dataclass
+class User:
+    id: str
+    username: str
+    token: str
+    headers: dict[str, str]
+
+
+@pytest.fixture
+def user(cognito):
+    """A Cognito user the call service knows (its `profile.created` applied)."""
+
+    async def make(replica: Replica, prefix: str = "u") -> User:
+        username = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        tokens = await asyncio.to_thread(cognito.tokens, username)
+        token = tokens["AccessToken"]
+        user_id = jwt.get_unverified_claims(token)["sub"]
+        created = new_event(profile_events.ProfileCreated(
+            user_id=user_id, username=username, display_name=username,
+            created_at="2026-01-01T00:00:00Z"), producer="profile", subject=f"user:{user_id}",
+            actor=user_id)
+        await replica.app.state.db.run(lambda conn: record_user(conn, created))
+        return User(user_id, username, token, {"Authorization": f"Bearer {token}"})
+
+    return make
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Any]:
+    """`await connect(replica, call_id, user)`: a signaling client that got `ready`."""
+    clients: list[WsClient] = []
+
+    async def open_(replica: Replica, call_id: str, user: User | None, **kwargs: Any
+                    ) -> WsClient:
+        client = await WsClient.open(replica.ws(call_id), user.token if user else None,
+                                     **kwargs)
+        clients.append(client)
+        return client
+
+    yield open_
+    for client in clients:
+        with contextlib.suppress(Exception):
+            await client.close()
+
+
+@pytest.fixture
+def api():
+    """An HTTP client for a replica, as a user."""
+
+    def make(replica: Replica, user: User) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=replica.http, headers=user.headers, timeout=10)
+
+    return make

@@ -1,0 +1,41 @@
+"""Real media: aiortc participants (call_svc.client) call each other through the API and the
+signaling of two replicas, and audio and video flow between them."""
+
+import asyncio
+
+from aiortc import AudioStreamTrack, VideoStreamTrack
+
+from call_svc.client import CallPeer
+
+
+async def _flowing(peer: CallPeer, other: str, frames: int = 10) -> None:
+    await asyncio.wait_for(peer.link(other).wait(), 20)
+    for _ in range(200):
+        counts = peer.received.get(other, {})
+        if counts.get("video", 0) >= frames and counts.get("audio", 0) >= frames:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"media from {other} did not flow: {dict(peer.received)}")
+
+
+async def test_two_aiortc_peers_on_two_replicas_connect_with_audio_and_video(
+        replicas, user, api):
+    one, two = await replicas(2)
+    alice, bob = await user(one, "alice"), await user(two, "bob")
+    async with api(one, alice) as client:
+        started = (await client.post("/api/calls", json={"callee_ids": [bob.id]})).json()
+    call_id = started["call_id"]
+    a = CallPeer(one.ws(call_id), alice.token, ice_servers=started["ice_servers"],
+                 tracks=[AudioStreamTrack(), VideoStreamTrack()])
+    b = CallPeer(two.ws(call_id), bob.token, ice_servers=started["ice_servers"],
+                 tracks=[AudioStreamTrack(), VideoStreamTrack()])
+    try:
+        await a.join()
+        await b.join()  # bob offers to alice, through replica two, Redis and replica one
+        await _flowing(a, bob.id)
+        await _flowing(b, alice.id)
+        assert a.pcs[bob.id].iceConnectionState in ("connected", "completed")
+    finally:
+        await b.leave()
+        await asyncio.wait_for(a.ended.wait(), 10)
+        await a.close()

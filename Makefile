@@ -23,7 +23,7 @@ bench-media: install
 	$(UV) run --frozen python -m bench.media $(ARGS)
 
 catalog: install
-	$(UV) run --frozen python -m chassis.catalog profile_svc.events post_svc.events chat_svc.events > docs/event-catalog.json
+	$(UV) run --frozen python -m chassis.catalog profile_svc.events post_svc.events chat_svc.events call_svc.events > docs/event-catalog.json
 
 lint: install
 	$(UV) run --frozen ruff check .

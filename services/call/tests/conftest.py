@@ -130,6 +130,7 @@ async def replicas(settings) -> AsyncIterator[Any]:
             app = build_app(settings.model_copy(update=overrides))
             new.append(Replica(app, await start_live(
                 app, lifespan="on", ws_max_size=1 << 20, timeout_graceful_shutdown=2)))
+            await asyncio.wait_for(app.state.hub.ready.wait(), 10)  # subscribed to Redis
         started.extend(new)
         return new
 

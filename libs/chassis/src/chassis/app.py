@@ -111,7 +111,7 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
         app.state.relay = relay
         app.state.tasks["outbox-relay"] = asyncio.create_task(relay.run())
     # The queues the deployment has (CONSUME_QUEUES, from the topology); a service may bring
-    # handlers for a queue that joins later (the notifier's call.ringing). Unset: all of them.
+    # handlers for a queue a deployment leaves out. Unset: all of them.
     consumers = {queue: handlers for queue, handlers in spec.consumers.items()
                  if not settings.consume_queues or queue in settings.consume_queues}
     if consumers:

@@ -38,6 +38,7 @@ class ServiceSettings(BaseSettings):
     metrics_poll_interval_s: float = 15.0
 
     max_body_bytes: int = 1_048_576
+    public_url: str = "http://127.0.0.1:8080"  # where clients reach the gateway (or the CDN)
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import boto3
 
-from .topology import MEDIA_PATH, TOPOLOGY, UPLOADS_PATH, Subscription, Topology, Uploads
+from .topology import MEDIA_PATH, TOPOLOGY, UPLOADS_PATH, Service, Subscription, Topology, Uploads
 
 LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 AUTH_FLOWS = ["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]
@@ -47,12 +47,15 @@ def provision(topology: Topology = TOPOLOGY, endpoint_url: str | None = None,
             queues[name] = _ensure_queue(clients["sqs"], name, {
                 "MessageRetentionPeriod": str(topology.dlq_retention_s)})
     platforms = _ensure_platforms(clients["sns"], topology) if endpoint_url else {}
+    notifications: dict[str, list[dict[str, Any]]] = {}
     for uploads in topology.uploads:
         bucket_arn = f"arn:aws:s3:::{uploads.bucket}"
         queues.update(_ensure_queues(clients["sqs"], uploads.queue, uploads.dlq, topology,
                                      queue_policy("s3.amazonaws.com", bucket_arn)))
-        _ensure_notification(clients["s3"], uploads,
-                             _queue_arn(clients["sqs"], queues[uploads.queue]))
+        notifications.setdefault(uploads.bucket, []).extend(
+            queue_notifications(uploads, _queue_arn(clients["sqs"], queues[uploads.queue])))
+    for bucket, configurations in notifications.items():
+        _ensure_notifications(clients["s3"], bucket, configurations)
     pool_id, client_id = _ensure_user_pool(clients["cognito-idp"], topology)
     issuer = f"https://cognito-idp.{region}.amazonaws.com/{pool_id}"
     jwks_base = f"{endpoint_url.rstrip('/')}/{pool_id}" if endpoint_url else issuer
@@ -125,16 +128,32 @@ def queue_policy(principal: str, source_arn: str, queue_arn: str = "") -> dict[s
     }
 
 
-def _ensure_notification(s3: Any, uploads: Uploads, queue_arn: str) -> None:
-    """New objects under the prefix are announced on the queue (set as a whole: idempotent)."""
-    rules = [{"Name": "prefix", "Value": uploads.prefix}] if uploads.prefix else []
-    wanted = {"QueueConfigurations": [{
-        "Id": uploads.queue, "QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"],
-        **({"Filter": {"Key": {"FilterRules": rules}}} if rules else {})}]}
-    current = s3.get_bucket_notification_configuration(Bucket=uploads.bucket)
-    if [c.get("QueueArn") for c in current.get("QueueConfigurations", [])] != [queue_arn]:
-        s3.put_bucket_notification_configuration(Bucket=uploads.bucket,
-                                                 NotificationConfiguration=wanted)
+def queue_notifications(uploads: Uploads, queue_arn: str) -> list[dict[str, Any]]:
+    """S3 queue configurations announcing new objects on the queue: one per prefix, for S3
+    takes a single prefix rule per configuration."""
+    base = {"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}
+    if not uploads.prefixes:
+        return [{"Id": uploads.queue, **base}]
+    return [{"Id": f"{uploads.queue}-{prefix.strip('/').replace('/', '-')}", **base,
+             "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}}}
+            for prefix in uploads.prefixes]
+
+
+def _ensure_notifications(s3: Any, bucket: str, wanted: list[dict[str, Any]]) -> None:
+    """The bucket announces exactly `wanted` (S3 sets its configuration as a whole, so every
+    queue of one bucket is set at once; unchanged, nothing is written)."""
+    current = s3.get_bucket_notification_configuration(Bucket=bucket)
+    if _comparable(current.get("QueueConfigurations", [])) != _comparable(wanted):
+        s3.put_bucket_notification_configuration(
+            Bucket=bucket, NotificationConfiguration={"QueueConfigurations": wanted})
+
+
+def _comparable(configurations: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    # S3 answers with its own spelling of rule names ("Prefix") and in its own order.
+    return sorted((c.get("Id"), c.get("QueueArn"), tuple(sorted(c.get("Events", []))),
+                   tuple(sorted((r["Name"].lower(), r["Value"]) for r in
+                                c.get("Filter", {}).get("Key", {}).get("FilterRules", []))))
+                  for c in configurations)
 
 
 def _ensure_platforms(sns: Any, topology: Topology) -> dict[str, str]:
@@ -253,8 +272,10 @@ def service_env(outputs: dict[str, Any], service_name: str, *, database_url: str
         env.update({key.upper(): value for key, value in LOCAL_CREDENTIALS.items()})
     if service.topic:
         env["EVENTS_TOPIC_ARN"] = outputs["topics"][service_name]
+    if public_url:
+        env["PUBLIC_URL"] = public_url.rstrip("/")
     if service.needs_media:
-        env.update(_media_env(topology, public_url, local=bool(endpoint_url)))
+        env.update(_media_env(topology, service, public_url, local=bool(endpoint_url)))
     if service.needs_push:
         platforms = outputs.get("push_platforms", {})
         env.update({f"{kind.upper()}_PLATFORM_ARN": arn for kind, arn in platforms.items()})
@@ -271,12 +292,14 @@ def service_env(outputs: dict[str, Any], service_name: str, *, database_url: str
     return env
 
 
-def _media_env(topology: Topology, public_url: str | None, *, local: bool) -> dict[str, str]:
+def _media_env(topology: Topology, service: Service, public_url: str | None, *,
+               local: bool) -> dict[str, str]:
     env = {"UPLOADS_BUCKET": topology.uploads_bucket, "MEDIA_BUCKET": topology.media_bucket}
     if public_url:
         base = public_url.rstrip("/")
         env["MEDIA_BASE_URL"] = base + MEDIA_PATH.rstrip("/")
-        if local:  # moto is not reachable by clients: the gateway passes their uploads on
+        # Clients' uploads (moto is not reachable by them: the gateway passes uploads on).
+        if local and any(w.uploads for w in service.workers):
             env["UPLOAD_ENDPOINT_URL"] = base + UPLOADS_PATH.rstrip("/")
     return env
 

@@ -19,11 +19,12 @@ class Subscription:
 
 @dataclass(frozen=True)
 class Uploads:
-    """A bucket whose new objects are announced on a queue (S3 event notification -> SQS)."""
+    """A bucket whose new objects under any of `prefixes` (all objects if none) are announced
+    on one queue (S3 event notifications -> SQS)."""
 
     queue: str
     bucket: str
-    prefix: str = ""
+    prefixes: tuple[str, ...] = ()
 
     @property
     def dlq(self) -> str:
@@ -153,8 +154,10 @@ TOPOLOGY = Topology(
                 Subscription("post-graph", "profile", (
                     "graph.blocked", "graph.unblocked", "graph.followed", "graph.unfollowed")),
             ),
+            # Clients upload originals; the call service puts its recordings.
             workers=(Worker("media-worker", "post_svc.media_worker:build_app", 8112, uploads=(
-                Uploads("post-media-uploads", UPLOADS_BUCKET, prefix="originals/"),)),),
+                Uploads("post-media-uploads", UPLOADS_BUCKET,
+                        prefixes=("originals/", "recordings/")),)),),
         ),
         Service(
             name="query",
@@ -176,6 +179,7 @@ TOPOLOGY = Topology(
                 Subscription("archive-profile", "profile", archive=True),
                 Subscription("archive-post", "post", archive=True),
                 Subscription("archive-chat", "chat", archive=True),
+                Subscription("archive-call", "call", archive=True),
             ),
         ),
         Service(
@@ -197,7 +201,6 @@ TOPOLOGY = Topology(
             needs_redis=True,
             needs_push=True,
             queues=("notifier-push-dlq",),
-            # `call.ringing` joins when the call service publishes it (its handler is ready).
             subscriptions=(
                 Subscription("notifier-profile", "profile", (
                     "profile.created", "profile.updated", "graph.followed",
@@ -205,6 +208,22 @@ TOPOLOGY = Topology(
                     "graph.unmuted")),
                 Subscription("notifier-post", "post", ("post.created", "post.liked")),
                 Subscription("notifier-chat", "chat", ("chat.message_posted",)),
+                Subscription("notifier-call", "call", ("call.ringing",)),
+            ),
+        ),
+        Service(
+            name="call",
+            port=8106,
+            routes=("/api/calls", "/ws/calls/", "/api/live"),
+            needs_redis=True,
+            needs_media=True,  # recordings go to the uploads bucket, live HLS to the media one
+            system_packages=("ffmpeg",),  # composing a recording's participants into one file
+            replicas=2,  # signaling on either replica reaches the other through Redis
+            subscriptions=(
+                Subscription("call-profile", "profile", (
+                    "profile.created", "graph.blocked", "graph.unblocked")),
+                Subscription("call-chat", "chat", (
+                    "chat.channel_created", "chat.members_changed")),
             ),
         ),
     ),

@@ -27,7 +27,6 @@ async def _start(app: FastAPI) -> None:
     app.state.ice = ice_provider(settings, app.state.aws)
     app.state.tasks["signaling"] = asyncio.create_task(hub.run())
     app.state.tasks["ring-out"] = asyncio.create_task(app.state.calls.ring_out())
-    await asyncio.wait_for(hub.ready.wait(), 10)
 
 
 def build_app(settings: CallSettings | None = None) -> FastAPI:

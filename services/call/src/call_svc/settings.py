@@ -28,7 +28,6 @@ class CallSettings(ServiceSettings):
     uploads_bucket: str = "asyncsns-media-uploads"
     media_bucket: str = "asyncsns-media"
     media_base_url: str = "http://127.0.0.1:8080/media"
-    public_url: str = "http://127.0.0.1:8080"
     recording_max_s: float = 4 * 3600.0
     live_title_max: int = 200
     hls_segment_s: float = 2.0

@@ -42,8 +42,6 @@ def build_app(settings: NotifierSettings | None = None) -> FastAPI:
         app.state.tasks["push-dispatcher"] = asyncio.create_task(dispatcher.run())
         app.state.tasks["streams"] = asyncio.create_task(app.state.streams.run())
 
-    # `call.ringing` has its handler before the call service publishes it: its queue joins
-    # CONSUME_QUEUES with that service.
     app = create_app(settings, ServiceSpec(
         name="notifier", metadata=metadata, routers=[api.router], on_startup=start,
         consumers=inbox.handlers(told),

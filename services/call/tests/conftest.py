@@ -99,11 +99,16 @@ def settings(database_url, cognito, moto_endpoint, tap, names, redis_server) -> 
     sqs = aws_client("sqs", moto_endpoint)
     for queue in (PROFILE_QUEUE, CHAT_QUEUE):
         sqs.create_queue(QueueName=names + queue)
+    s3 = aws_client("s3", moto_endpoint)
+    for bucket in ("media", "uploads"):
+        s3.create_bucket(Bucket=f"{names}{bucket}")
     return CallSettings(
         database_url=database_url, aws_endpoint_url=moto_endpoint, aws_access_key_id="testing",
         aws_secret_access_key="testing", events_topic_arn=tap[0], queue_prefix=names,
         redis_url=redis_server.url, consumer_wait_time_s=1, consumer_retry_base_s=0,
-        outbox_poll_interval_s=0.1, log_json=False, sweep_interval_s=0.2, **cognito.env())
+        outbox_poll_interval_s=0.1, log_json=False, sweep_interval_s=0.2,
+        media_bucket=f"{names}media", uploads_bucket=f"{names}uploads",
+        media_base_url=f"{moto_endpoint}/{names}media", hls_segment_s=1.0, **cognito.env())
 
 
 @dataclass

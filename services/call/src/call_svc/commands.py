@@ -233,7 +233,7 @@ def new_stream(conn: Connection, owner: str, title: str) -> dict[str, Any]:
     stream = {"id": str(ULID()), "owner_id": owner, "title": title, "state": "created",
               "created_at": utcnow()}
     conn.execute(insert(streams), stream)
-    return stream
+    return stream_of(conn, stream["id"])
 
 
 def stream_of(conn: Connection, stream_id: str) -> dict[str, Any]:
@@ -254,6 +254,12 @@ def claim_stream(conn: Connection, stream_id: str, owner: str, node_id: str) -> 
     conn.execute(update(streams).where(streams.c.id == stream_id).values(
         state="live", node_id=node_id, started_at=utcnow()))
     return stream_of(conn, stream_id)
+
+
+def release_stream(conn: Connection, stream_id: str) -> None:
+    """The ingest did not start after all: the stream may be published again."""
+    conn.execute(update(streams).where(streams.c.id == stream_id, streams.c.state == "live")
+                 .values(state="created", node_id=None, started_at=None))
 
 
 def stream_started(conn: Connection, stream_id: str, hls_url: str) -> None:

@@ -37,6 +37,7 @@ from av.video.frame import PictureType
 
 from chassis.problems import Problem
 
+from .sdp import check_sdp
 from .settings import CallSettings
 
 log = logging.getLogger("call_svc.studio")
@@ -233,7 +234,7 @@ class Studio:
         """Take a WHIP publisher's offer; returns the answer. Its media becomes HLS in S3."""
         if not _STREAM_ID.fullmatch(stream_id):
             raise ValueError(f"unusable stream id {stream_id!r}")
-        offer = _parse_offer(offer_sdp, self._settings.sdp_max_bytes)
+        offer = check_sdp(offer_sdp, self._settings.sdp_max_bytes, status=400)
         if not _kinds(offer, ("sendrecv", "sendonly")):
             raise _bad_sdp("no audio or video the server can receive")
         if stream_id in self._streams:
@@ -273,7 +274,7 @@ class Studio:
         stream = self._streams.get(stream_id)
         if stream is None or stream.ending:
             raise Problem(404, f"stream {stream_id} is not live here")
-        offer = _parse_offer(offer_sdp, self._settings.sdp_max_bytes)
+        offer = check_sdp(offer_sdp, self._settings.sdp_max_bytes, status=400)
         kinds = _kinds(offer, ("sendrecv", "recvonly")) & {t.kind for t in stream.tracks}
         if not kinds:
             raise _bad_sdp("no audio or video to receive that the stream has")
@@ -414,21 +415,6 @@ async def _answer(pc: RTCPeerConnection, offer_sdp: str,
         pc.addTrack(track)  # takes the offer's transceiver of its kind
     await pc.setLocalDescription(await pc.createAnswer())
     return pc.localDescription.sdp
-
-
-def _parse_offer(sdp: str, max_bytes: int) -> SessionDescription:
-    """The offer, or a 400 naming `sdp`: too large, not SDP, or without media."""
-    if len(sdp.encode()) > max_bytes:
-        raise _bad_sdp(f"larger than {max_bytes} bytes")
-    if not sdp.startswith("v=0"):
-        raise _bad_sdp("not an SDP offer: it must start with v=0")
-    try:
-        offer = SessionDescription.parse(sdp)
-    except Exception as exc:  # the parser raises whatever the bad line trips over
-        raise _bad_sdp(f"unparsable: {exc}") from exc
-    if not offer.media:
-        raise _bad_sdp("no media section")
-    return offer
 
 
 def _kinds(offer: SessionDescription, directions: tuple[str, ...]) -> set[str]:

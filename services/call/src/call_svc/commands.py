@@ -201,6 +201,13 @@ def active_recording(conn: Connection, call_id: str, user: str) -> dict[str, Any
     return dict(row._mapping)
 
 
+def recording_of(conn: Connection, recording_id: str) -> dict[str, Any]:
+    row = conn.execute(select(recordings).where(recordings.c.id == recording_id)).first()
+    if row is None:
+        raise not_found("recording")
+    return dict(row._mapping)
+
+
 def finish_recording(conn: Connection, recording_id: str, *, error: str | None) -> None:
     """The recorder stopped: its file was stored (or not), and it leaves the call."""
     row = conn.execute(select(recordings).where(recordings.c.id == recording_id)).first()

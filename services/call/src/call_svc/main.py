@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from chassis.app import ServiceSpec, create_app
 from chassis.consumer import Apply
 
-from . import api, commands, live, ws
+from . import api, commands, live, recording, ws
 from .actions import Calls
 from .hub import Hub
 from .ice import ice_provider
@@ -46,6 +46,9 @@ async def _start(app: FastAPI) -> None:
     studio = app.state.studio = Studio(s3, settings, on_started=started, on_ended=ended)
     app.state.exit_stack.push_async_callback(studio.close)
     hub.handlers.update(live.handlers(studio))
+    app.state.recorders = {}
+    app.state.exit_stack.push_async_callback(recording.stop_all, app.state.recorders)
+    hub.handlers.update(recording.handlers(app.state.recorders))
     app.state.tasks["signaling"] = asyncio.create_task(hub.run())
     app.state.tasks["ring-out"] = asyncio.create_task(app.state.calls.ring_out())
 
@@ -53,7 +56,8 @@ async def _start(app: FastAPI) -> None:
 def build_app(settings: CallSettings | None = None) -> FastAPI:
     """The call service: calls, their signaling, recordings and live streams."""
     app = create_app(settings or CallSettings(), ServiceSpec(
-        name="call", metadata=metadata, routers=[api.router, live.router], on_startup=_start,
+        name="call", metadata=metadata, on_startup=_start,
+        routers=[api.router, recording.router, live.router],
         consumers={
             PROFILE_QUEUE: blocks.handlers() | {"profile.created": Apply(commands.record_user)},
             CHAT_QUEUE: {"chat.channel_created": Apply(commands.record_channel),

@@ -54,7 +54,7 @@ def test_health_reports_every_service(stack: RunningStack) -> None:
     assert health.status_code == 200
     assert health.json() == {"status": "ok", "services": {
         "profile": "ok", "post": "ok", "query": "ok", "chat": "ok", "notifier": "ok",
-        "media-worker": "ok"}}
+        "call": "ok", "media-worker": "ok"}}
 
 
 def test_unknown_paths_get_a_problem_from_the_gateway(stack: RunningStack) -> None:
@@ -251,6 +251,63 @@ def test_chat_through_the_gateway_reaches_across_replicas_and_search(
     assert {m["channel_id"] for m in found["items"]} == {channel}
     assert api.get(search, headers=as_eve).json()["items"] == []
     assert api.get(f"/api/chat/channels/{channel}/messages", headers=as_eve).status_code == 404
+
+
+async def recorded_call(stack: RunningStack, call_id: str, as_alice: dict[str, str],
+                        as_bob: dict[str, str]) -> dict:
+    """Both join over /ws/calls through the gateway (aiortc, media flowing), alice records
+    five seconds, bob stops it."""
+    from aiortc import AudioStreamTrack, VideoStreamTrack
+
+    from call_svc.client import CallPeer
+
+    url = stack.url.replace("http", "ws", 1) + f"/ws/calls/{call_id}"
+    token = {h: v.removeprefix("Bearer ") for h, v in (("a", as_alice["Authorization"]),
+                                                          ("b", as_bob["Authorization"]))}
+    a = CallPeer(url, token["a"], tracks=[AudioStreamTrack(), VideoStreamTrack()])
+    b = CallPeer(url, token["b"], tracks=[AudioStreamTrack(), VideoStreamTrack()])
+    async with httpx.AsyncClient(base_url=stack.url, timeout=60) as api:
+        try:
+            await a.join()
+            joined = await b.join()
+            await asyncio.wait_for(b.link(joined["participants"][0]).wait(), 20)
+            started = await api.post(f"/api/calls/{call_id}/recording", headers=as_alice)
+            assert started.status_code == 201, started.text
+            recorder = f"recorder:{started.json()['id']}"
+            await asyncio.wait_for(a.link(recorder).wait(), 20)
+            await asyncio.sleep(5)
+            stopped = await api.delete(f"/api/calls/{call_id}/recording", headers=as_bob)
+            assert stopped.status_code == 200, stopped.text
+            return stopped.json()
+        finally:
+            await b.leave()
+            await a.leave()
+
+
+def test_a_call_rings_the_callee_and_its_recording_becomes_a_video(
+        stack: RunningStack) -> None:
+    api = httpx.Client(base_url=stack.url, timeout=10)
+    alice, as_alice = sign_up_and_log_in(api, "call_alice")
+    bob, as_bob = sign_up_and_log_in(api, "call_bob")
+    deadline = time.monotonic() + 20
+    while (started := api.post("/api/calls", headers=as_alice,
+                               json={"callee_ids": [bob], "media": "video"})).status_code == 422:
+        assert time.monotonic() < deadline, started.text  # profile.created not arrived yet
+        time.sleep(0.2)
+    assert started.status_code == 201, started.text
+    call_id = started.json()["call_id"]
+    rung = eventually(api, "/api/notifications", as_bob, lambda body: any(
+        n["type"] == "call" for n in body["items"]))
+    assert any(n["subject"]["call_id"] == call_id for n in rung["items"] if n["type"] == "call")
+
+    recording = asyncio.run(recorded_call(stack, call_id, as_alice, as_bob))
+    assert 4.0 <= recording["duration_s"] <= 6.5, recording
+    media = eventually(api, f"/api/media/{recording['media_id']}", as_alice,
+                       lambda body: body["status"] in ("ready", "failed"), timeout_s=90)
+    assert media["status"] == "ready", media
+    assert media["kind"] == "video" and 4.0 <= media["duration_s"] <= 6.5, media
+    assert api.get(f"/api/media/{recording['media_id']}", headers=as_bob).status_code == 404
+    assert api.get(f"/api/calls/{call_id}", headers=as_bob).json()["state"] == "ended"
 
 
 def test_follow_block_and_a_restart_that_keeps_users(stack: RunningStack,

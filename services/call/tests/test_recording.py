@@ -57,8 +57,9 @@ async def test_a_recorded_call_is_stored_with_its_duration(
     assert stored["Metadata"]["owner"] == alice.id
     path = tmp_path / "recording.mp4"
     path.write_bytes(stored["Body"].read())
-    probe = json.loads(subprocess.run(
+    probe = json.loads((await asyncio.to_thread(
+        subprocess.run,
         ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
-        capture_output=True, check=True).stdout)
+        capture_output=True, check=True)).stdout)
     assert {s["codec_type"] for s in probe["streams"]} == {"audio", "video"}
     assert 4.3 <= float(probe["format"]["duration"]) <= 6.0

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from chassis.app import ServiceSpec, create_app
 from chassis.consumer import Apply
+from chassis.sockets import DirectSocket
 
 from . import api, commands, live, recording, ws
 from .actions import Calls
@@ -64,5 +65,5 @@ def build_app(settings: CallSettings | None = None) -> FastAPI:
                          "chat.members_changed": Apply(commands.record_channel)}},
         description="Voice and video calls (peer-to-peer, signaled over WebSockets across "
                     "replicas through Redis), TURN credentials, recordings and live streams."))
-    app.add_middleware(ws.DirectSocket)
+    app.add_middleware(DirectSocket, path=ws.PREFIX, serve=ws.call_socket, prefix=True)
     return app

@@ -19,15 +19,23 @@ Bad frames get an `error` frame naming the problem; the session goes on.
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 from typing import Any
 
-from fastapi import WebSocket, WebSocketDisconnect
+from fastapi import WebSocket
 from starlette.websockets import WebSocketState
 
 from chassis.auth import User
 from chassis.problems import Problem, invalid
+from chassis.sockets import (
+    AUTH_FAILED,
+    FORBIDDEN_ORIGIN,
+    authenticate,
+    error_frame,
+    incoming,
+    origin_allowed,
+    problem_frame,
+)
 
 from . import commands
 from .actions import Calls, in_call, json_ready
@@ -36,8 +44,8 @@ from .sdp import check_candidate, check_sdp
 
 log = logging.getLogger("call.ws")
 
-AUTH_FAILED, FORBIDDEN_ORIGIN, NOT_FOUND, TOO_SLOW, REPLACED, TOO_BIG = (
-    4401, 4403, 4404, 4408, 4409, 1009)
+NOT_FOUND, TOO_SLOW, REPLACED = 4404, 4408, 4409
+ECHO = ("to",)  # what an error frame repeats of the frame it answers
 PREFIX = "/ws/calls/"
 _STOP = object()
 
@@ -84,47 +92,16 @@ class Session:
             await self.ws.close(code=self.closing or 1000)
 
 
-class DirectSocket:
-    """Serves /ws/calls/... ahead of FastAPI's routing (as the chat service does)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket" and scope["path"].startswith(PREFIX):
-            await call_socket(WebSocket(scope, receive, send),
-                              scope["path"].removeprefix(PREFIX))
-            return
-        await self.app(scope, receive, send)
-
-
-async def _authenticate(ws: WebSocket, calls: Calls) -> User | None:
-    settings = calls.settings
-    try:
-        raw = await asyncio.wait_for(ws.receive_text(), settings.ws_auth_timeout_s)
-        frame = json.loads(raw)
-        if not isinstance(frame, dict) or frame.get("type") != "auth":
-            raise ValueError("the first frame must be auth")
-        token = frame.get("token")
-        if not isinstance(token, str) or len(token) > settings.max_body_bytes:
-            raise ValueError("no token")
-        return await ws.app.state.verifier.verify(token)
-    except (TimeoutError, ValueError, KeyError, Problem, WebSocketDisconnect):
-        return None
-    except Exception:
-        log.warning("authentication of a signaling connection failed", exc_info=True)
-        return None
-
-
-async def call_socket(ws: WebSocket, call_id: str) -> None:
+async def call_socket(ws: WebSocket) -> None:
     calls: Calls = ws.app.state.calls
     settings = calls.settings
-    origin = ws.headers.get("origin")
-    if settings.ws_allowed_origins and origin and origin not in settings.ws_allowed_origins:
+    call_id = ws.scope["path"].removeprefix(PREFIX)
+    if not origin_allowed(ws, settings.ws_allowed_origins):
         await ws.close(code=FORBIDDEN_ORIGIN)
         return
     await ws.accept()
-    user = await _authenticate(ws, calls)
+    user = await authenticate(ws, timeout_s=settings.ws_auth_timeout_s,
+                              max_bytes=settings.max_body_bytes)
     if user is None:
         await ws.close(code=AUTH_FAILED, reason="authentication failed")
         return
@@ -133,7 +110,7 @@ async def call_socket(ws: WebSocket, call_id: str) -> None:
             raise Problem(404, "call not found")
         view = await calls.db.run(lambda conn: commands.call_view(conn, call_id, user.id))
     except Problem as problem:
-        await ws.send_text(encode(_error("not_found", problem.detail)))
+        await ws.send_text(encode(error_frame("not_found", problem.detail)))
         await ws.close(code=NOT_FOUND, reason="not invited to this call")
         return
     session = Session(ws, user, call_id, calls)
@@ -160,40 +137,19 @@ async def call_socket(ws: WebSocket, call_id: str) -> None:
 
 
 async def _receive(ws: WebSocket, session: Session, calls: Calls) -> None:
-    limit = calls.settings.ws_frame_max_bytes
-    while session.closing is None:
-        try:
-            message = await ws.receive()
-        except (WebSocketDisconnect, RuntimeError):
+    async for frame, error in incoming(ws, calls.settings.ws_frame_max_bytes):
+        if session.closing is not None:
             return
-        if message["type"] == "websocket.disconnect":
-            return
-        raw = message.get("text")
-        if raw is None and message.get("bytes") is not None:
-            raw = message["bytes"].decode("utf-8", "replace")
-        if raw is None:
-            continue
-        if len(raw) > limit:
-            session.closing = TOO_BIG
-            await ws.close(code=TOO_BIG, reason=f"frames are at most {limit} bytes")
-            return
-        try:
-            frame = json.loads(raw)
-        except ValueError:
-            session.deliver(_error("bad_json", "the frame is not JSON"))
-            continue
-        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
-            session.deliver(_error("bad_frame", "a frame is a JSON object with a type"))
+        if frame is None:
+            session.deliver(error)
             continue
         try:
             await _handle(frame, session, calls)
         except Problem as problem:
-            body = problem.body(None)
-            session.deliver(_error(_code(problem), body.get("detail", ""), frame,
-                                   errors=body.get("errors")))
+            session.deliver(problem_frame(problem, frame, ECHO))
         except Exception:
             log.exception("handling a %s frame failed", frame.get("type"))
-            session.deliver(_error("internal", "that did not work; try again", frame))
+            session.deliver(error_frame("internal", "that did not work; try again", frame, ECHO))
 
 
 async def _handle(frame: dict[str, Any], session: Session, calls: Calls) -> None:
@@ -219,7 +175,7 @@ async def _handle(frame: dict[str, Any], session: Session, calls: Calls) -> None
     elif kind in ("offer", "answer", "candidate"):
         await _relay(kind, frame, session, calls)
     else:
-        session.deliver(_error("unknown_type", f"unknown frame type {kind!r}", frame))
+        session.deliver(error_frame("unknown_type", f"unknown frame type {kind!r}", frame, ECHO))
 
 
 async def _relay(kind: str, frame: dict[str, Any], session: Session, calls: Calls) -> None:
@@ -241,19 +197,3 @@ async def _relay(kind: str, frame: dict[str, Any], session: Session, calls: Call
         raise Problem(404, f"{to} is not in this call", errors=[
             {"field": "to", "message": "not a participant in the call"}])
     await calls.hub.send(session.call_id, out, to=to)
-
-
-def _code(problem: Problem) -> str:
-    return {403: "forbidden", 404: "not_found", 409: "conflict",
-            413: "too_large"}.get(problem.status, "invalid")
-
-
-def _error(code: str, detail: str, frame: dict[str, Any] | None = None,
-           **extra: Any) -> dict[str, Any]:
-    error = {"type": "error", "code": code, "detail": detail}
-    if frame is not None:
-        if isinstance(frame.get("type"), str):
-            error["in_reply_to"] = frame["type"]
-        if isinstance(frame.get("to"), str):
-            error["to"] = frame["to"]
-    return error | {k: v for k, v in extra.items() if v is not None}

@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from chassis.app import ServiceSpec, create_app
 from chassis.consumer import Apply
+from chassis.sockets import DirectSocket
 
 from . import api, commands, ws
 from .actions import Chat
@@ -48,5 +49,5 @@ def build_app(settings: ChatSettings | None = None) -> FastAPI:
             "profile.created": Apply(commands.record_user)}},
         description="Direct and group chat: channels, messages with per-channel seq, "
                     "WebSocket sessions fanned out across replicas through Redis."))
-    app.add_middleware(ws.DirectSocket)
+    app.add_middleware(DirectSocket, path="/ws/chat", serve=ws.chat_socket)
     return app

@@ -14,15 +14,23 @@ lies between from the store. After `sync` a client has every change after its cu
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any
 
-from fastapi import WebSocket, WebSocketDisconnect
+from fastapi import WebSocket
 from starlette.websockets import WebSocketState
 
 from chassis.auth import User
 from chassis.problems import Problem
+from chassis.sockets import (
+    AUTH_FAILED,
+    FORBIDDEN_ORIGIN,
+    authenticate,
+    error_frame,
+    incoming,
+    origin_allowed,
+    problem_frame,
+)
 
 from . import commands
 from .actions import Chat, json_ready, message_frame
@@ -30,7 +38,8 @@ from .hub import DROPPED, Throttle, encode
 
 log = logging.getLogger("chat.ws")
 
-AUTH_FAILED, FORBIDDEN_ORIGIN, TOO_SLOW, TOO_BIG = 4401, 4403, 4408, 1009
+TOO_SLOW = 4408
+ECHO = ("client_msg_id", "channel_id")  # what an error frame repeats of the frame it answers
 _STOP = object()
 
 
@@ -155,48 +164,15 @@ class Session:
             "more": more}).decode())
 
 
-async def _authenticate(ws: WebSocket, chat: Chat) -> User | None:
-    """The first frame, within the deadline, must carry a valid access token."""
-    settings = chat.settings
-    try:
-        raw = await asyncio.wait_for(ws.receive_text(), settings.ws_auth_timeout_s)
-        frame = json.loads(raw)
-        if not isinstance(frame, dict) or frame.get("type") != "auth":
-            raise ValueError("the first frame must be auth")
-        token = frame.get("token")
-        if not isinstance(token, str) or len(token) > settings.max_body_bytes:
-            raise ValueError("no token")
-        return await ws.app.state.verifier.verify(token)
-    except (TimeoutError, ValueError, KeyError, Problem, WebSocketDisconnect):
-        return None
-    except Exception:
-        log.warning("authentication of a chat connection failed", exc_info=True)
-        return None
-
-
-class DirectSocket:
-    """Serves /ws/chat ahead of FastAPI's exception handling and routing: those layers add
-    nothing to a WebSocket, and their frames would stay alive as long as each connection."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket" and scope["path"] == "/ws/chat":
-            await chat_socket(WebSocket(scope, receive, send))
-            return
-        await self.app(scope, receive, send)
-
-
 async def chat_socket(ws: WebSocket) -> None:
     chat: Chat = ws.app.state.chat
     settings = chat.settings
-    origin = ws.headers.get("origin")
-    if settings.ws_allowed_origins and origin and origin not in settings.ws_allowed_origins:
+    if not origin_allowed(ws, settings.ws_allowed_origins):
         await ws.close(code=FORBIDDEN_ORIGIN)
         return
     await ws.accept()
-    user = await _authenticate(ws, chat)
+    user = await authenticate(ws, timeout_s=settings.ws_auth_timeout_s,
+                              max_bytes=settings.max_body_bytes)
     if user is None:
         await ws.close(code=AUTH_FAILED, reason="authentication failed")
         return
@@ -223,40 +199,19 @@ async def chat_socket(ws: WebSocket) -> None:
 
 
 async def _receive(ws: WebSocket, session: Session, chat: Chat, typing: Throttle) -> None:
-    limit = chat.settings.ws_frame_max_bytes
-    while session.closing is None:
-        try:
-            message = await ws.receive()
-        except WebSocketDisconnect:
+    async for frame, error in incoming(ws, chat.settings.ws_frame_max_bytes):
+        if session.closing is not None:
             return
-        if message["type"] == "websocket.disconnect":
-            return
-        raw = message.get("text")
-        if raw is None and message.get("bytes") is not None:
-            raw = message["bytes"].decode("utf-8", "replace")
-        if raw is None:
-            continue
-        if len(raw) > limit:
-            session.closing = TOO_BIG
-            await ws.close(code=TOO_BIG, reason=f"frames are at most {limit} bytes")
-            return
-        try:
-            frame = json.loads(raw)
-        except ValueError:
-            session.send(_error("bad_json", "the frame is not JSON"))
-            continue
-        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
-            session.send(_error("bad_frame", "a frame is a JSON object with a type"))
+        if frame is None:
+            session.send(error)
             continue
         try:
             await _handle(frame, session, chat, typing)
         except Problem as problem:
-            body = problem.body(None)
-            session.send(_error(_code(problem), body.get("detail", ""), frame,
-                                errors=body.get("errors")))
+            session.send(problem_frame(problem, frame, ECHO))
         except Exception:
             log.exception("handling a %s frame failed", frame.get("type"))
-            session.send(_error("internal", "that did not work; try again", frame))
+            session.send(error_frame("internal", "that did not work; try again", frame, ECHO))
 
 
 async def _handle(frame: dict[str, Any], session: Session, chat: Chat, typing: Throttle) -> None:
@@ -285,7 +240,7 @@ async def _handle(frame: dict[str, Any], session: Session, chat: Chat, typing: T
                           errors=[{"field": "cursors", "message": "channel id -> seq"}])
         session.request_sync(cursors)
     else:
-        session.send(_error("unknown_type", f"unknown frame type {kind!r}", frame))
+        session.send(error_frame("unknown_type", f"unknown frame type {kind!r}", frame, ECHO))
 
 
 def _channel(frame: dict[str, Any]) -> str:
@@ -294,17 +249,3 @@ def _channel(frame: dict[str, Any]) -> str:
         raise Problem(422, "channel_id: required", errors=[
             {"field": "channel_id", "message": "required"}])
     return channel_id
-
-
-def _code(problem: Problem) -> str:
-    return {403: "forbidden", 404: "not_found", 409: "conflict"}.get(problem.status, "invalid")
-
-
-def _error(code: str, detail: str, frame: dict[str, Any] | None = None,
-           **extra: Any) -> dict[str, Any]:
-    error = {"type": "error", "code": code, "detail": detail}
-    if frame is not None:
-        for key in ("type", "client_msg_id", "channel_id"):
-            if isinstance(frame.get(key), str):
-                error["in_reply_to" if key == "type" else key] = frame[key]
-    return error | {k: v for k, v in extra.items() if v is not None}

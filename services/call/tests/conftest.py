@@ -10,7 +10,6 @@ import contextlib
 import secrets
 import shutil
 import subprocess
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +17,22 @@ from typing import Any
 
 import httpx
 import pytest
-from jose import jwt
 
 from call_svc.commands import record_user
 from call_svc.main import CHAT_QUEUE, PROFILE_QUEUE, build_app
 from call_svc.settings import CallSettings
-from chassis.events import new_event
 from chassis.ports import free_port, free_port_block, wait_for_port
-from chassis.testing import EventTap, LiveServer, WsClient, aws_client, start_live, subscribe_queue
-from profile_svc import events as profile_events
+from chassis.testing import (
+    EventTap,
+    LiveServer,
+    TestUser,
+    WsClient,
+    aws_client,
+    event_tap,
+    new_user,
+    start_live,
+)
+from profile_svc.testing import profile_created
 
 RELAY_PORTS = 20  # allocations one test session holds at once, with room to spare
 
@@ -83,15 +89,8 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
 # --- call replicas --------------------------------------------------------------------------
 
 @pytest.fixture
-def names() -> str:
-    return f"t{uuid.uuid4().hex[:8]}-"
-
-
-@pytest.fixture
 def tap(moto_endpoint: str, names: str) -> tuple[str, EventTap]:
-    sns, sqs = aws_client("sns", moto_endpoint), aws_client("sqs", moto_endpoint)
-    topic = sns.create_topic(Name=f"{names}call-events")["TopicArn"]
-    return topic, EventTap(sqs, subscribe_queue(sns, sqs, topic, f"{names}tap"))
+    return event_tap(moto_endpoint, f"{names}call-events")
 
 
 @pytest.fixture
@@ -145,29 +144,15 @@ async def replicas(settings) -> AsyncIterator[Any]:
             await replica.live.stop()
 
 
-@dataclass
-class User:
-    id: str
-    username: str
-    token: str
-    headers: dict[str, str]
-
-
 @pytest.fixture
 def user(cognito):
     """A Cognito user the call service knows (its `profile.created` applied)."""
 
-    async def make(replica: Replica, prefix: str = "u") -> User:
-        username = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        tokens = await asyncio.to_thread(cognito.tokens, username)
-        token = tokens["AccessToken"]
-        user_id = jwt.get_unverified_claims(token)["sub"]
-        created = new_event(profile_events.ProfileCreated(
-            user_id=user_id, username=username, display_name=username,
-            created_at="2026-01-01T00:00:00Z"), producer="profile", subject=f"user:{user_id}",
-            actor=user_id)
+    async def make(replica: Replica, prefix: str = "u") -> TestUser:
+        user = await new_user(cognito, prefix)
+        created = profile_created(user.id, user.username)
         await replica.app.state.db.run(lambda conn: record_user(conn, created))
-        return User(user_id, username, token, {"Authorization": f"Bearer {token}"})
+        return user
 
     return make
 
@@ -177,7 +162,7 @@ async def connect() -> AsyncIterator[Any]:
     """`await connect(replica, call_id, user)`: a signaling client that got `ready`."""
     clients: list[WsClient] = []
 
-    async def open_(replica: Replica, call_id: str, user: User | None, **kwargs: Any
+    async def open_(replica: Replica, call_id: str, user: TestUser | None, **kwargs: Any
                     ) -> WsClient:
         client = await WsClient.open(replica.ws(call_id), user.token if user else None,
                                      **kwargs)
@@ -194,7 +179,7 @@ async def connect() -> AsyncIterator[Any]:
 def api():
     """An HTTP client for a replica, as a user."""
 
-    def make(replica: Replica, user: User) -> httpx.AsyncClient:
+    def make(replica: Replica, user: TestUser) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=replica.http, headers=user.headers, timeout=10)
 
     return make

@@ -11,6 +11,7 @@ import aioboto3
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from call_svc.patterns import TestPatternTrack, ToneTrack
 from call_svc.recorder import (
     RECORDINGS,
     NothingRecorded,
@@ -20,8 +21,6 @@ from call_svc.recorder import (
     compose_command,
 )
 from chassis.testing import FAKE_AWS, REGION, wait_until
-
-from .patterns import TestPatternTrack, ToneTrack
 
 
 class Participant:

@@ -7,9 +7,8 @@ import json
 import subprocess
 
 from call_svc.client import CallPeer
+from call_svc.patterns import TestPatternTrack, ToneTrack
 from chassis.testing import assert_problem, aws_client
-
-from .patterns import TestPatternTrack, ToneTrack
 
 
 async def test_a_recorded_call_is_stored_with_its_duration(

@@ -22,60 +22,23 @@ from aiortc import (
     RTCConfiguration,
     RTCPeerConnection,
     RTCSessionDescription,
-    VideoStreamTrack,
 )
 from aiortc.mediastreams import MediaStreamError
 
+from call_svc.patterns import TestPatternTrack, frame_number
 from call_svc.settings import CallSettings
 from call_svc.studio import Studio, hls_url
 from chassis.problems import Problem
 from chassis.testing import FAKE_AWS, REGION, wait_until
 
 WIDTH, HEIGHT = 320, 240
-CELL, BITS = 20, 16  # the frame number: 16 cells of 20x20 px across the top
-DARK, LIGHT = b"\x10", b"\xeb"
 NO_MEDIA_SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
-
-
-def pattern_frame(number: int) -> av.VideoFrame:
-    """A grey-scale frame: `number` in cells across the top, a bar moving below."""
-    code = b"".join((LIGHT if number >> bit & 1 else DARK) * CELL for bit in range(BITS))
-    bar = number * 4 % (WIDTH - CELL)
-    row = DARK * bar + LIGHT * CELL + DARK * (WIDTH - bar - CELL)
-    frame = av.VideoFrame(WIDTH, HEIGHT, "yuv420p")
-    frame.planes[0].update(code * CELL + row * (HEIGHT - CELL))
-    for chroma in frame.planes[1:]:
-        chroma.update(b"\x80" * (WIDTH // 2 * HEIGHT // 2))
-    return frame
-
-
-def frame_number(frame: av.VideoFrame) -> int:
-    """Read back the number `pattern_frame` drew (from the middle of each cell)."""
-    luma = frame.planes[0]
-    data, middle = bytes(luma), CELL // 2 * luma.line_size + CELL // 2
-    return sum(1 << bit for bit in range(BITS) if data[middle + bit * CELL] > 0x80)
-
-
-class PatternTrack(VideoStreamTrack):
-    """A 30 fps test pattern that remembers when it handed out each frame."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: dict[int, float] = {}
-
-    async def recv(self) -> av.VideoFrame:
-        pts, time_base = await self.next_timestamp()
-        number = len(self.sent)
-        frame = pattern_frame(number)
-        frame.pts, frame.time_base = pts, time_base
-        self.sent[number] = time.monotonic()
-        return frame
 
 
 @dataclass
 class Publisher:
     pc: RTCPeerConnection
-    video: PatternTrack
+    video: TestPatternTrack
 
 
 @dataclass
@@ -145,7 +108,7 @@ async def peers() -> AsyncIterator[Peers]:
 
 async def publish(studio: Studio, pc: RTCPeerConnection, stream_id: str) -> Publisher:
     """Go live over WHIP with the test pattern and silence."""
-    video = PatternTrack()
+    video = TestPatternTrack(WIDTH, HEIGHT, fps=30)
     pc.addTransceiver(video, direction="sendonly")
     pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
@@ -192,7 +155,7 @@ def decode_video(segment: bytes) -> list[av.VideoFrame]:
         return list(container.decode(video=0))
 
 
-async def measure_glass_to_glass(s3: object, bucket: str, stream_id: str, video: PatternTrack,
+async def measure_glass_to_glass(s3: object, bucket: str, stream_id: str, video: TestPatternTrack,
                                  segments: int) -> list[tuple[float, float]]:
     """For each of the next `segments` segments: seconds from its first and from its last
     frame leaving the publisher to the S3 playlist listing it (polled every 20 ms)."""

@@ -7,40 +7,32 @@ replicas it starts with `replicas(n)`.
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-from jose import jwt
 
-from chassis.events import new_event
 from chassis.testing import (
     EventTap,
     LiveServer,
+    TestUser,
     WsClient,
     aws_client,
+    event_tap,
+    new_user,
     start_live,
-    subscribe_queue,
 )
 from chat_svc.commands import record_user
 from chat_svc.main import PROFILE_QUEUE, build_app
 from chat_svc.settings import ChatSettings
-from profile_svc import events as profile_events
-
-
-@pytest.fixture
-def names() -> str:
-    return f"t{uuid.uuid4().hex[:8]}-"
+from profile_svc.testing import profile_created
 
 
 @pytest.fixture
 def tap(moto_endpoint: str, names: str) -> tuple[str, EventTap]:
-    sns, sqs = aws_client("sns", moto_endpoint), aws_client("sqs", moto_endpoint)
-    topic = sns.create_topic(Name=f"{names}chat-events")["TopicArn"]
-    return topic, EventTap(sqs, subscribe_queue(sns, sqs, topic, f"{names}tap"))
+    return event_tap(moto_endpoint, f"{names}chat-events")
 
 
 @pytest.fixture
@@ -104,29 +96,15 @@ async def replicas(settings) -> AsyncIterator[Any]:
             await replica.stop()
 
 
-@dataclass
-class User:
-    id: str
-    username: str
-    token: str
-    headers: dict[str, str]
-
-
 @pytest.fixture
 def user(cognito, replicas):
     """A Cognito user the chat service knows (its `profile.created` applied)."""
 
-    async def make(replica: Replica, prefix: str = "u") -> User:
-        username = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        tokens = await asyncio.to_thread(cognito.tokens, username)
-        token = tokens["AccessToken"]
-        user_id = jwt.get_unverified_claims(token)["sub"]
-        created = new_event(profile_events.ProfileCreated(
-            user_id=user_id, username=username, display_name=username,
-            created_at="2026-01-01T00:00:00Z"), producer="profile", subject=f"user:{user_id}",
-            actor=user_id)
+    async def make(replica: Replica, prefix: str = "u") -> TestUser:
+        user = await new_user(cognito, prefix)
+        created = profile_created(user.id, user.username)
         await replica.app.state.db.run(lambda conn: record_user(conn, created))
-        return User(user_id, username, token, {"Authorization": f"Bearer {token}"})
+        return user
 
     return make
 
@@ -136,7 +114,7 @@ async def connect() -> AsyncIterator[Any]:
     """`await connect(replica, user)`: an authenticated client that got `ready`."""
     clients: list[WsClient] = []
 
-    async def open_(replica: Replica, user: User | None = None, *, auth: bool = True,
+    async def open_(replica: Replica, user: TestUser | None = None, *, auth: bool = True,
                     **kwargs: Any) -> WsClient:
         client = await WsClient.open(
             replica.ws, user.token if auth and user is not None else None, **kwargs)
@@ -153,7 +131,7 @@ async def connect() -> AsyncIterator[Any]:
 def api():
     """An HTTP client for a replica, as a user."""
 
-    def make(replica: Replica, user: User) -> httpx.AsyncClient:
+    def make(replica: Replica, user: TestUser) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=replica.http, headers=user.headers, timeout=10)
 
     return make

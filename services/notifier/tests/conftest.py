@@ -25,11 +25,6 @@ from stack.vapid import kept_vapid_keys
 QUEUES = ("notifier-profile", "notifier-post", "notifier-chat", "notifier-call")
 
 
-@pytest.fixture
-def names() -> str:
-    return f"t{uuid.uuid4().hex[:8]}-"
-
-
 @dataclass
 class Feed:
     """The notifier's queues, fed as SNS would with raw delivery."""

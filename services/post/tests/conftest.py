@@ -63,12 +63,6 @@ class GraphFeed:
 
 
 @pytest.fixture
-def names() -> str:
-    """A prefix that keeps this test's topics and queues apart from every other test's."""
-    return f"t{uuid.uuid4().hex[:8]}-"
-
-
-@pytest.fixture
 def tap(moto_endpoint: str, names: str) -> tuple[str, EventTap]:
     sns, sqs = aws_client("sns", moto_endpoint), aws_client("sqs", moto_endpoint)
     topic = sns.create_topic(Name=f"{names}post-events")["TopicArn"]

@@ -84,3 +84,19 @@ def catalog_schema(producer: str | None = None) -> dict[str, Any]:
         "envelope": Envelope.model_json_schema(),
         "events": events,
     }
+
+
+def rfc3339(moment: datetime | None) -> str | None:
+    """UTC with a `Z`, as pydantic writes times in events and responses."""
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def json_ready(value: Any) -> Any:
+    """Times as RFC 3339 with `Z`, recursively: what responses and frames carry."""
+    if isinstance(value, datetime):
+        return rfc3339(value)
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_ready(v) for v in value]
+    return value

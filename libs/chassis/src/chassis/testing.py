@@ -189,6 +189,39 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture
+def names() -> str:
+    """A prefix that keeps this test's topics, queues and buckets apart from every other's."""
+    return f"t{uuid.uuid4().hex[:8]}-"
+
+
+@dataclass
+class TestUser:
+    """A Cognito user with a real access token."""
+
+    __test__ = False  # not a pytest test class despite the name
+    id: str
+    username: str
+    tokens: dict[str, str]
+
+    @property
+    def token(self) -> str:
+        return self.tokens["AccessToken"]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+async def new_user(cognito: "CognitoPool", prefix: str = "u") -> TestUser:
+    """A new user in the pool, logged in (its id is the token's `sub`)."""
+    from jose import jwt
+
+    username = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    tokens = await asyncio.to_thread(cognito.tokens, username)
+    return TestUser(jwt.get_unverified_claims(tokens["AccessToken"])["sub"], username, tokens)
+
+
 # --- databases ----------------------------------------------------------------------------
 
 class PostgresServer:
@@ -337,6 +370,13 @@ class EventTap:
                 events.append(json.loads(message["Body"]))
                 self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
         return events
+
+
+def event_tap(moto_endpoint: str, topic_name: str) -> tuple[str, EventTap]:
+    """A topic (created) and a tap on it: what a service publishes there."""
+    sns, sqs = aws_client("sns", moto_endpoint), aws_client("sqs", moto_endpoint)
+    topic = sns.create_topic(Name=topic_name)["TopicArn"]
+    return topic, EventTap(sqs, subscribe_queue(sns, sqs, topic, f"{topic_name}-tap"))
 
 
 @contextlib.asynccontextmanager

@@ -7,27 +7,16 @@ The store is the truth: a change is committed (with its event) before peers hear
 import asyncio
 import functools
 import logging
-from datetime import datetime
 from typing import Any
 
 from chassis.db import Database, utcnow
+from chassis.events import json_ready
 
 from . import commands
 from .hub import Hub
 from .settings import CallSettings
 
 log = logging.getLogger("call.actions")
-
-
-def json_ready(value: Any) -> Any:
-    """Times as RFC 3339 with `Z`, recursively."""
-    if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_ready(v) for v in value]
-    return value
 
 
 def in_call(view: dict[str, Any]) -> list[str]:

@@ -11,7 +11,6 @@ sends one there and waits for the answer.
 """
 
 import asyncio
-import contextlib
 import json
 import logging
 import uuid
@@ -22,6 +21,7 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 
 from chassis.problems import Problem
+from chassis.pubsub import listen
 
 log = logging.getLogger("call.hub")
 SIGNAL = "calls:signal"
@@ -140,32 +140,20 @@ class Hub:
     # --- the subscription -------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Listen until cancelled, resubscribing after a lost connection."""
-        backoff = 0.2
+        """Listen until cancelled (resubscribing after a lost connection)."""
         tasks: set[asyncio.Task[None]] = set()
-        while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(SIGNAL, NODE + self.node_id)
-                self.ready.set()
-                backoff = 0.2
-                async for message in pubsub.listen():
-                    if message["type"] != "message":
-                        continue
-                    if message["channel"] == SIGNAL.encode():
-                        self._deliver(message["data"])
-                    else:  # answered on its own task: a request may take a while
-                        task = asyncio.create_task(self._on_node_message(message["data"]))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.ready.clear()
-                log.warning("signaling subscription lost; retrying in %.1fs", backoff,
-                            exc_info=True)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+        signal = SIGNAL.encode()
+
+        def on_message(channel: bytes, data: bytes) -> None:
+            if channel == signal:
+                self._deliver(data)
+            else:  # answered on its own task: a request may take a while
+                task = asyncio.create_task(self._on_node_message(data))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+        async def subscribed(first: bool) -> None:
+            self.ready.set()
+
+        await listen(self.redis, [SIGNAL, NODE + self.node_id], on_message,
+                     on_subscribed=subscribed, name="signaling")

@@ -28,7 +28,7 @@ class CallSettings(ServiceSettings):
     uploads_bucket: str = "asyncsns-media-uploads"
     media_bucket: str = "asyncsns-media"
     media_base_url: str = "http://127.0.0.1:8080/media"
-    recording_max_s: float = 4 * 3600.0
+    recording_max_s: float = 3600.0  # the media pipeline takes videos up to an hour
     live_title_max: int = 200
     hls_segment_s: float = 2.0
     live_streams_max: int = 8  # WHIP ingests one replica takes at once (each encodes video)

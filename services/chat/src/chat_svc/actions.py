@@ -8,13 +8,13 @@ but loses nothing.
 
 import functools
 import re
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 
 from chassis.auth import User
 from chassis.db import Database
+from chassis.events import json_ready
 from chassis.problems import Problem, invalid
 
 from . import commands
@@ -25,17 +25,6 @@ from .settings import ChatSettings
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 CLIENT_MSG_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _MEMBER_IDS = select(members.c.user_id).where(members.c.channel_id == commands._CHANNEL)
-
-
-def json_ready(value: Any) -> Any:
-    """Times as RFC 3339 with `Z`, recursively; what frames and responses carry."""
-    if isinstance(value, datetime):
-        return commands.rfc3339(value)
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_ready(v) for v in value]
-    return value
 
 
 def message_frame(message: dict[str, Any]) -> dict[str, Any]:

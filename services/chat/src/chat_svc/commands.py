@@ -4,7 +4,6 @@ locks the channel row until commit: the changes to one channel queue up, and the
 increase in commit order with no gaps.
 """
 
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
@@ -333,7 +332,3 @@ def _channel(row: Any, member_ids: list[str]) -> dict[str, Any]:
 def _emit(conn: Connection, data: EventData, channel_id: str, actor: str) -> None:
     stage_event(conn, OUTBOX, new_event(data, producer=events.PRODUCER,
                                         subject=f"channel:{channel_id}", actor=actor))
-
-
-def rfc3339(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment else None

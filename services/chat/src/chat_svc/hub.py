@@ -12,7 +12,6 @@ holds; a user's presence frame goes out at most once per `presence_gate_s`.
 """
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -23,6 +22,8 @@ from typing import Any, Protocol
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
+
+from chassis.pubsub import listen
 
 log = logging.getLogger("chat.hub")
 FANOUT = "chat:fanout"
@@ -78,31 +79,15 @@ class Hub:
     # --- receiving ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Listen until cancelled; after a lost subscription, resubscribe and have every
-        session catch up on what it may have missed meanwhile."""
-        backoff, first = 0.2, True
-        while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(FANOUT)
-                if not first:
-                    log.info("fan-out resubscribed; %d users' sessions catch up",
-                             len(self.sessions))
-                    await self._all_catch_up()
-                first, backoff = False, 0.2
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        self.deliver(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("fan-out subscription lost; retrying in %.1fs", backoff,
-                            exc_info=True)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+        """Listen until cancelled; after a lost subscription, every session catches up on
+        what it may have missed meanwhile."""
+        async def subscribed(first: bool) -> None:
+            if not first:
+                log.info("fan-out resubscribed; %d users' sessions catch up", len(self.sessions))
+                await self._all_catch_up()
+
+        await listen(self.redis, [FANOUT], lambda _, data: self.deliver(data),
+                     on_subscribed=subscribed, name="fan-out")
 
     def deliver(self, payload: bytes) -> None:
         header_line, _, frame = payload.partition(b"\n")

@@ -17,6 +17,7 @@ from ulid import ULID
 
 from chassis.auth import CurrentUser
 from chassis.db import DatabaseDep, utcnow
+from chassis.events import rfc3339
 from chassis.pagination import Cursor, Limit, decode_cursor, encode_cursor
 from chassis.problems import Problem, invalid, not_found
 
@@ -37,10 +38,6 @@ _UNREAD = select(func.count()).select_from(notifications).where(
     notifications.c.user_id == _USER, notifications.c.seq > bindparam("read_seq"))
 
 
-def _rfc3339(moment: Any) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
 def _views(conn: Connection, rows: list[Any], read_seq: int) -> list[dict[str, Any]]:
     """Notifications with their actors' names (newest actor first)."""
     actor_ids = {a for row in rows for a in row.actor_ids}
@@ -56,7 +53,7 @@ def _views(conn: Connection, rows: list[Any], read_seq: int) -> list[dict[str, A
     return [{"id": row.id, "type": row.type, "actor": actor(row.actor_ids[0]),
              "actors": [actor(a) for a in row.actor_ids], "actor_count": row.actor_count,
              "subject": row.subject, "seq": row.seq, "read": row.seq <= read_seq,
-             "created_at": _rfc3339(row.updated_at), "first_at": _rfc3339(row.created_at)}
+             "created_at": rfc3339(row.updated_at), "first_at": rfc3339(row.created_at)}
             for row in rows]
 
 

@@ -5,7 +5,6 @@ driver elsewhere). A command on an existing post first locks that post's row, so
 changes to one post, the `seq` each gets and the order of their events all agree.
 """
 
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Exists, bindparam, delete, exists, insert, select, update
@@ -14,7 +13,7 @@ from sqlalchemy.engine import Connection, Row
 from ulid import ULID
 
 from chassis.db import utcnow
-from chassis.events import EventData, new_event
+from chassis.events import EventData, new_event, rfc3339
 from chassis.outbox import stage_event
 from chassis.problems import invalid, not_found
 
@@ -175,8 +174,8 @@ def view(state: dict[str, Any]) -> dict[str, Any]:
             "published": state.get("published", True),
             "content_warning": state["content_warning"],
             "hashtags": state["hashtags"], "mentions": state["mentions"],
-            "version": state["version"], "created_at": _rfc3339(state["created_at"]),
-            "edited_at": _rfc3339(state["edited_at"])}
+            "version": state["version"], "created_at": rfc3339(state["created_at"]),
+            "edited_at": rfc3339(state["edited_at"])}
 
 
 def _visible(post: Row[Any], caller: str, caller_username: str) -> bool:
@@ -230,8 +229,3 @@ def emit(conn: Connection, data: EventData, *, subject: str, actor: str | None) 
     """Stage an event in the outbox, in the caller's transaction."""
     stage_event(conn, OUTBOX, new_event(data, producer=events.PRODUCER, subject=subject,
                                         actor=actor))
-
-
-def _rfc3339(moment: datetime | None) -> str | None:
-    """UTC with a `Z`, as pydantic writes times elsewhere in the API."""
-    return moment.isoformat().replace("+00:00", "Z") if moment else None

@@ -20,6 +20,7 @@ import time
 
 import httpx
 from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc.exceptions import InvalidStateError
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -177,7 +178,7 @@ async def live_delay(base_url: str, owner: str, seconds: float) -> tuple[list[fl
         while time.monotonic() < deadline:
             response = await http.get(playlist_url)
             if response.status_code == 200:
-                now = time.time()
+                now = time.monotonic()
                 for line in response.text.splitlines():
                     if line and not line.startswith("#") and line not in listed:
                         listed[line] = now
@@ -187,8 +188,8 @@ async def live_delay(base_url: str, owner: str, seconds: float) -> tuple[list[fl
         segment_s = float(next(
             (line.split(":")[1] for line in response.text.splitlines()
              if line.startswith("#EXT-X-TARGETDURATION")), "2"))
-    sent = track.sent_at  # frame number -> send time
-    first = min(sent.values()) if sent else time.time()
+    sent = track.sent  # frame number -> when it was sent (monotonic)
+    first = min(sent.values()) if sent else time.monotonic()
     ordered = sorted(listed.items(), key=lambda item: item[1])
     # The packager starts a segment every `hls_segment_s` of stream time: the n-th listed
     # segment's first frame was sent about n segment lengths after the first frame.
@@ -198,7 +199,16 @@ async def live_delay(base_url: str, owner: str, seconds: float) -> tuple[list[fl
 
 # --- main ---------------------------------------------------------------------------------
 
+def quiet_closed_transports(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """aiortc's connect task fails when a call is hung up while it still runs: expected
+    here, where calls end the moment they connect."""
+    if isinstance(context.get("exception"), InvalidStateError):
+        return
+    loop.default_exception_handler(context)
+
+
 async def run(base_url: str, args: argparse.Namespace) -> None:
+    asyncio.get_running_loop().set_exception_handler(quiet_closed_transports)
     users = await sign_up(base_url, max(2, args.users), prefix="callbench")
     print(f"call setup over {args.calls} calls (POST /api/calls to ICE connected, aiortc "
           f"both sides)")

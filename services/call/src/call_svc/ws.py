@@ -59,12 +59,20 @@ class Session:
         self.call_id = call_id
         self.calls = calls
         self.joined = False
+        # Who is in the call as this session has heard (`joined`, then participant_joined and
+        # _left frames): a relay to one of them needs no trip to the store.
+        self.members: set[str] = set()
         self.closing: int | None = None
         self.queue: asyncio.Queue[Any] = asyncio.Queue(calls.settings.ws_send_queue_max)
 
     def deliver(self, frame: dict[str, Any]) -> None:
         if self.closing is not None:
             return
+        kind = frame.get("type")
+        if kind == "participant_joined":
+            self.members.add(frame["user_id"])
+        elif kind == "participant_left":
+            self.members.discard(frame["user_id"])
         try:
             self.queue.put_nowait(frame)
         except asyncio.QueueFull:
@@ -160,6 +168,7 @@ async def _handle(frame: dict[str, Any], session: Session, calls: Calls) -> None
         view = await calls.join(user_id, call_id)
         session.joined = True
         others = [u for u in in_call(view) if u != user_id]
+        session.members.update(others)
         session.deliver({"type": "joined", "participants": others,
                          "recorders": [u for u in others if commands.is_recorder(u)],
                          "call": json_ready(view)})
@@ -191,9 +200,12 @@ async def _relay(kind: str, frame: dict[str, Any], session: Session, calls: Call
     else:
         check_sdp(frame.get("sdp"), calls.settings.ws_frame_max_bytes)
         out = {"type": kind, "from": session.user_id, "sdp": frame["sdp"]}
-    joined = await calls.db.run(functools.partial(commands.joined_ids,
-                                                  call_id=session.call_id))
-    if to == session.user_id or to not in joined:
+    if to not in session.members:  # perhaps a join this session has not heard of yet
+        joined = await calls.db.run(functools.partial(commands.joined_ids,
+                                                      call_id=session.call_id))
+        if to in joined:
+            session.members.add(to)
+    if to == session.user_id or to not in session.members:
         raise Problem(404, f"{to} is not in this call", errors=[
             {"field": "to", "message": "not a participant in the call"}])
     await calls.hub.send(session.call_id, out, to=to)

@@ -92,6 +92,7 @@ async def signaling_step(base_url: str, users: list[tuple[str, str]], calls: int
     """`calls` 1:1 calls, both sides joined, each side sending a candidate to the other every
     second for `seconds`; every candidate carries its send time."""
     latencies: list[float] = []
+    samples: list[str] = []
     sent = received = errors = 0
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
         limit = asyncio.Semaphore(32)
@@ -106,9 +107,13 @@ async def signaling_step(base_url: str, users: list[tuple[str, str]], calls: int
 
         started = await asyncio.gather(*(start(i) for i in range(calls)))
 
+    ready: list[asyncio.Event] = []
+
     async def side(call_id: str, me: tuple[str, str], other: str, go: asyncio.Event,
                    stop: asyncio.Event) -> None:
         nonlocal sent, received, errors
+        both_in = asyncio.Event()  # this side has joined and knows the other is in too
+        ready.append(both_in)
         async with connect(ws_url(base_url, call_id), max_size=1 << 20) as ws:
             await ws.send(json.dumps({"type": "auth", "token": me[0]}))
             await ws.send(json.dumps({"type": "join"}))
@@ -122,8 +127,13 @@ async def signaling_step(base_url: str, users: list[tuple[str, str]], calls: int
                                         .split(" ", 1)[0].split(":")[1])
                             latencies.append((time.time_ns() - stamp) / 1e6)
                             received += 1
+                        elif '"joined"' in raw[:20] and other in raw or (
+                                '"participant_joined"' in raw[:40]):
+                            both_in.set()
                         elif '"error"' in raw[:20]:
                             errors += 1
+                            if len(samples) < 3:
+                                samples.append(raw[:200])
 
             reader = asyncio.create_task(read())
             await go.wait()
@@ -134,15 +144,20 @@ async def signaling_step(base_url: str, users: list[tuple[str, str]], calls: int
                     "candidate": candidate, "sdpMid": "0", "sdpMLineIndex": 0}}))
                 sent += 1
                 await asyncio.sleep(1.0)
-            await asyncio.sleep(1.0)  # the last frames in flight
+            await asyncio.sleep(2.0)  # the last frames in flight
             reader.cancel()
 
     go, stop = asyncio.Event(), asyncio.Event()
+    began = time.monotonic()
     sides = [asyncio.create_task(side(call_id, me, other[1], go, stop))
              for call_id, a, b in started for me, other in ((a, b), (b, a))]
-    await asyncio.sleep(min(10.0, 2 + calls / 100))  # everyone connected and joined
+    while len(ready) < len(sides) or not all(e.is_set() for e in ready):
+        if time.monotonic() - began > 300:
+            raise TimeoutError(f"{sum(e.is_set() for e in ready)} of {len(sides)} sides ready")
+        await asyncio.sleep(0.2)
+    joined_s = time.monotonic() - began
     go.set()
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(2.0)  # everyone sending at their pace
     latencies.clear()
     sent_at_start, received_at_start, began = sent, received, time.monotonic()
     await asyncio.sleep(seconds)
@@ -151,9 +166,10 @@ async def signaling_step(base_url: str, users: list[tuple[str, str]], calls: int
     stop.set()
     await asyncio.gather(*sides, return_exceptions=True)
     return {"calls": calls, "sent_per_s": window_sent / elapsed,
-            "relayed_per_s": window_received / elapsed,
+            "relayed_per_s": window_received / elapsed, "joined_s": joined_s,
             "p50_ms": statistics.median(latencies) if latencies else float("nan"),
-            "p99_ms": pct(latencies, 99), "lost": max(0, sent - received), "errors": errors}
+            "p99_ms": pct(latencies, 99), "lost": max(0, sent - received), "errors": errors,
+            "samples": samples}
 
 
 # --- live delay ---------------------------------------------------------------------------
@@ -210,28 +226,36 @@ def quiet_closed_transports(loop: asyncio.AbstractEventLoop, context: dict) -> N
 async def run(base_url: str, args: argparse.Namespace) -> None:
     asyncio.get_running_loop().set_exception_handler(quiet_closed_transports)
     users = await sign_up(base_url, max(2, args.users), prefix="callbench")
-    print(f"call setup over {args.calls} calls (POST /api/calls to ICE connected, aiortc "
-          f"both sides)")
-    times = await setup_times(base_url, users, args.calls)
-    print(f"  p50 {statistics.median(times):.0f} ms  p95 {pct(times, 95):.0f} ms  "
-          f"max {max(times):.0f} ms  ({SETUP_TARGET})")
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
-        for i in range(0, len(users) - 1, 2):
-            await wait_known(http, users[i][0], users[i + 1][1])
-    print("signaling: concurrent 1:1 calls, a candidate per participant per second")
-    for calls in args.steps:
-        step = await signaling_step(base_url, users, calls, args.seconds)
-        print(f"  {calls:5d} calls ({2 * calls} sockets): {step['relayed_per_s']:7.0f} frames/s "
-              f"relayed of {step['sent_per_s']:7.0f}/s sent  p50 {step['p50_ms']:6.1f} ms  "
-              f"p99 {step['p99_ms']:6.1f} ms  lost {step['lost']}  errors {step['errors']}")
-        if step["p99_ms"] > 100 or step["lost"] > step["sent_per_s"]:
-            print("  (p99 over 100 ms or frames lost: the step before is what is sustained)")
-            break
-    delays, segment_s = await live_delay(base_url, users[0][0], args.live_seconds)
-    if delays:
-        print(f"live: WHIP to HLS playlist, {len(delays)} segments of {segment_s:.0f} s: first "
-              f"frame of a segment listed after p50 {statistics.median(delays):.2f} s, max "
-              f"{max(delays):.2f} s; its last frame ~{segment_s:.0f} s less")
+    if "setup" in args.only:
+        print(f"call setup over {args.calls} calls (POST /api/calls to ICE connected, aiortc "
+              f"both sides)")
+        times = await setup_times(base_url, users, args.calls)
+        print(f"  p50 {statistics.median(times):.0f} ms  p95 {pct(times, 95):.0f} ms  "
+              f"max {max(times):.0f} ms  ({SETUP_TARGET})")
+    if "signaling" in args.only:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+            for i in range(0, len(users) - 1, 2):
+                await wait_known(http, users[i][0], users[i + 1][1])
+        print("signaling: concurrent 1:1 calls, a candidate per participant per second")
+        for calls in args.steps:
+            step = await signaling_step(base_url, users, calls, args.seconds)
+            print(f"  {calls:5d} calls ({2 * calls} sockets): {step['relayed_per_s']:7.0f} "
+                  f"frames/s relayed of {step['sent_per_s']:7.0f}/s sent  p50 "
+                  f"{step['p50_ms']:6.1f} ms  p99 {step['p99_ms']:6.1f} ms  lost {step['lost']}"
+                  f"  errors {step['errors']}  (all joined in {step['joined_s']:.1f} s)")
+            for sample in step["samples"]:
+                print(f"    error: {sample}")
+            if step["p99_ms"] > 100 or step["lost"]:
+                print("  (p99 over 100 ms or frames lost: the step before is what is sustained)")
+                break
+    if "live" in args.only:
+        delays, segment_s = await live_delay(base_url, users[0][0], args.live_seconds)
+        if not delays:
+            print("live: no segment was listed")
+            return
+        print(f"live: WHIP to HLS playlist, {len(delays)} segments of {segment_s:.0f} s: "
+              f"first frame of a segment listed after p50 {statistics.median(delays):.2f} s, "
+              f"max {max(delays):.2f} s; its last frame ~{segment_s:.0f} s less")
 
 
 def main() -> None:
@@ -243,6 +267,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[100, 250, 500, 1000, 2000])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--live-seconds", type=float, default=12.0)
+    parser.add_argument("--only", nargs="+", default=["setup", "signaling", "live"],
+                        choices=["setup", "signaling", "live"])
     args = parser.parse_args()
     if args.url:
         asyncio.run(run(args.url.rstrip("/"), args))

@@ -6,7 +6,6 @@ only: relay addresses are 127.0.0.1, so loopback peers must be allowed.
 """
 
 import asyncio
-import contextlib
 import secrets
 import shutil
 import subprocess
@@ -15,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from call_svc.commands import record_user
@@ -33,6 +31,7 @@ from chassis.testing import (
     start_live,
 )
 from profile_svc.testing import profile_created
+from stack.provision import let_the_gateway_read
 
 RELAY_PORTS = 20  # allocations one test session holds at once, with room to spare
 
@@ -101,13 +100,14 @@ def settings(database_url, cognito, moto_endpoint, tap, names, redis_server) -> 
     s3 = aws_client("s3", moto_endpoint)
     for bucket in ("media", "uploads"):
         s3.create_bucket(Bucket=f"{names}{bucket}")
+    let_the_gateway_read(s3, f"{names}media")  # players fetch the HLS as they would locally
     return CallSettings(
         database_url=database_url, aws_endpoint_url=moto_endpoint, aws_access_key_id="testing",
         aws_secret_access_key="testing", events_topic_arn=tap[0], queue_prefix=names,
         redis_url=redis_server.url, consumer_wait_time_s=1, consumer_retry_base_s=0,
         outbox_poll_interval_s=0.1, log_json=False, sweep_interval_s=0.2,
         media_bucket=f"{names}media", uploads_bucket=f"{names}uploads",
-        media_base_url=f"{moto_endpoint}/{names}media", hls_segment_s=1.0, **cognito.env())
+        media_base_url=f"{moto_endpoint}/{names}media/media", hls_segment_s=1.0, **cognito.env())
 
 
 @dataclass
@@ -158,28 +158,11 @@ def user(cognito):
 
 
 @pytest.fixture
-async def connect() -> AsyncIterator[Any]:
+def connect(ws_clients):
     """`await connect(replica, call_id, user)`: a signaling client that got `ready`."""
-    clients: list[WsClient] = []
 
     async def open_(replica: Replica, call_id: str, user: TestUser | None, **kwargs: Any
                     ) -> WsClient:
-        client = await WsClient.open(replica.ws(call_id), user.token if user else None,
-                                     **kwargs)
-        clients.append(client)
-        return client
+        return await ws_clients(replica.ws(call_id), user.token if user else None, **kwargs)
 
-    yield open_
-    for client in clients:
-        with contextlib.suppress(Exception):
-            await client.close()
-
-
-@pytest.fixture
-def api():
-    """An HTTP client for a replica, as a user."""
-
-    def make(replica: Replica, user: TestUser) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=replica.http, headers=user.headers, timeout=10)
-
-    return make
+    return open_

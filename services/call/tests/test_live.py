@@ -8,7 +8,7 @@ import httpx
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 from call_svc.client import rtc_configuration
-from chassis.testing import assert_problem, aws_client, wait_until
+from chassis.testing import assert_problem, wait_until
 
 SDP = {"Content-Type": "application/sdp"}
 
@@ -19,7 +19,7 @@ async def _offer(pc: RTCPeerConnection) -> str:
 
 
 async def test_whip_publish_hls_and_whep_viewer_on_another_replica(
-        replicas, user, api, tap, settings, moto_endpoint):
+        replicas, user, api, tap, settings):
     one, two = await replicas(2)
     alice, bob = await user(one, "alice"), await user(two, "bob")
     async with api(one, alice) as as_alice, api(two, bob) as as_bob:
@@ -67,19 +67,20 @@ async def test_whip_publish_hls_and_whep_viewer_on_another_replica(
             return len(frames) >= 10
 
         await wait_until(seen, "the WHEP viewer on the other replica gets video")
-        s3 = aws_client("s3", moto_endpoint)
+        hls = stream["playback"]["hls_url"]  # the served URL maps to the bucket's keys
 
         def playlist() -> str:
-            try:
-                return s3.get_object(Bucket=settings.media_bucket,
-                                     Key=f"live/{sid}/index.m3u8")["Body"].read().decode()
-            except s3.exceptions.NoSuchKey:
-                return ""
+            response = httpx.get(hls)
+            return response.text if response.status_code == 200 else ""
 
         async def listed() -> bool:
             return ".ts" in await asyncio.to_thread(playlist)
 
         await wait_until(listed, "the HLS playlist lists a segment")
+        segment = next(line for line in (await asyncio.to_thread(playlist)).splitlines()
+                       if line.endswith(".ts"))
+        served = await asyncio.to_thread(httpx.get, hls.rsplit("/", 1)[0] + "/" + segment)
+        assert served.status_code == 200 and served.content[:1] == b"G"  # an MPEG-TS packet
         assert_problem(await as_bob.delete(f"/api/live/{sid}/whip/session"), 404)
         ended = await as_alice.delete(session)  # on the replica that does not hold it
         assert ended.status_code == 200 and ended.json()["state"] == "ended"

@@ -142,7 +142,7 @@ async def playlist_with(s3: object, bucket: str, stream_id: str, segments: int) 
     found: list[bytes] = []
 
     async def listed() -> bool:
-        text = await read(s3, bucket, f"live/{stream_id}/index.m3u8")
+        text = await read(s3, bucket, f"media/live/{stream_id}/index.m3u8")
         found[:] = [text] if text else []
         return bool(text) and len(segment_names(text)) >= segments
 
@@ -163,11 +163,11 @@ async def measure_glass_to_glass(s3: object, bucket: str, stream_id: str, video:
     seen = 0
     deadline = time.monotonic() + 3 * segments + 10
     while len(measured) < segments and time.monotonic() < deadline:
-        text = await read(s3, bucket, f"live/{stream_id}/index.m3u8")
+        text = await read(s3, bucket, f"media/live/{stream_id}/index.m3u8")
         listed_at = time.monotonic()
         for name in segment_names(text or b"")[seen:]:
             seen += 1
-            segment = await read(s3, bucket, f"live/{stream_id}/{name}")
+            segment = await read(s3, bucket, f"media/live/{stream_id}/{name}")
             frames = await asyncio.to_thread(decode_video, segment)
             sent = [video.sent[n] for n in map(frame_number, frames) if n in video.sent]
             measured.append((listed_at - min(sent), listed_at - max(sent)))
@@ -181,13 +181,13 @@ async def test_a_live_stream_becomes_hls_in_s3_and_stays_as_video_on_demand(
     playlist = await playlist_with(s3, bucket, "s1", segments=2)
 
     for name in segment_names(playlist):
-        head = await s3.head_object(Bucket=bucket, Key=f"live/s1/{name}")
+        head = await s3.head_object(Bucket=bucket, Key=f"media/live/s1/{name}")
         assert head["ContentType"] == "video/mp2t"
         assert "immutable" in head["CacheControl"]
-    head = await s3.head_object(Bucket=bucket, Key="live/s1/index.m3u8")
+    head = await s3.head_object(Bucket=bucket, Key="media/live/s1/index.m3u8")
     assert head["ContentType"] == "application/vnd.apple.mpegurl"
     assert head["CacheControl"] == "public, max-age=1"
-    segment = await read(s3, bucket, f"live/s1/{segment_names(playlist)[1]}")
+    segment = await read(s3, bucket, f"media/live/s1/{segment_names(playlist)[1]}")
     frames = decode_video(segment)
     assert len(frames) >= 15 and {(f.width, f.height) for f in frames} == {(WIDTH, HEIGHT)}
     with av.open(io.BytesIO(segment)) as container:
@@ -195,12 +195,12 @@ async def test_a_live_stream_becomes_hls_in_s3_and_stays_as_video_on_demand(
     assert calls.started == ["s1"] and calls.ended == []
 
     await studio.end("s1")
-    final = await read(s3, bucket, "live/s1/index.m3u8")
+    final = await read(s3, bucket, "media/live/s1/index.m3u8")
     assert final.rstrip().endswith(b"#EXT-X-ENDLIST")
     assert b"#EXT-X-PLAYLIST-TYPE:EVENT" in final
     assert len(segment_names(final)) > len(segment_names(playlist))
     for name in segment_names(final):
-        assert await read(s3, bucket, f"live/s1/{name}")
+        assert await read(s3, bucket, f"media/live/s1/{name}")
     assert calls.ended == ["s1"] and not studio.holds("s1")
     await studio.end("s1")
     assert calls.started == ["s1"] and calls.ended == ["s1"]
@@ -248,7 +248,7 @@ async def test_a_whep_viewer_sees_the_publisher_and_the_stream_ends_when_the_pub
 
     await wait_until(ended, "the stream ends after the publisher hung up", timeout_s=10)
     assert not studio.holds("s2")
-    final = await read(s3, bucket, "live/s2/index.m3u8")
+    final = await read(s3, bucket, "media/live/s2/index.m3u8")
     assert final.rstrip().endswith(b"#EXT-X-ENDLIST")
     for reader in readers:
         reader.cancel()

@@ -6,12 +6,10 @@ replicas it starts with `replicas(n)`.
 """
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 
 from chassis.testing import (
@@ -110,31 +108,15 @@ def user(cognito, replicas):
 
 
 @pytest.fixture
-async def connect() -> AsyncIterator[Any]:
+def connect(ws_clients):
     """`await connect(replica, user)`: an authenticated client that got `ready`."""
-    clients: list[WsClient] = []
 
     async def open_(replica: Replica, user: TestUser | None = None, *, auth: bool = True,
                     **kwargs: Any) -> WsClient:
-        client = await WsClient.open(
-            replica.ws, user.token if auth and user is not None else None, **kwargs)
-        clients.append(client)
-        return client
+        return await ws_clients(replica.ws, user.token if auth and user is not None else None,
+                                **kwargs)
 
-    yield open_
-    for client in clients:
-        with contextlib.suppress(Exception):
-            await client.close()
-
-
-@pytest.fixture
-def api():
-    """An HTTP client for a replica, as a user."""
-
-    def make(replica: Replica, user: TestUser) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=replica.http, headers=user.headers, timeout=10)
-
-    return make
+    return open_
 
 
 def messages_in(client: WsClient, channel_id: str) -> list[dict[str, Any]]:

@@ -50,6 +50,21 @@ def origin_allowed(ws: WebSocket, allowed: Iterable[str]) -> bool:
     return not allowed or not origin or origin in allowed
 
 
+async def accept(ws: WebSocket, settings: Any) -> User | None:
+    """Accept a connection from an allowed Origin and authenticate it by its first frame; the
+    user, or None once the socket is closed (4403 for the Origin, 4401 for the token).
+    `settings` has `ws_allowed_origins`, `ws_auth_timeout_s` and `max_body_bytes`."""
+    if not origin_allowed(ws, settings.ws_allowed_origins):
+        await ws.close(code=FORBIDDEN_ORIGIN)
+        return None
+    await ws.accept()
+    user = await authenticate(ws, timeout_s=settings.ws_auth_timeout_s,
+                              max_bytes=settings.max_body_bytes)
+    if user is None:
+        await ws.close(code=AUTH_FAILED, reason="authentication failed")
+    return user
+
+
 async def authenticate(ws: WebSocket, *, timeout_s: float, max_bytes: int) -> User | None:
     """The user the first frame's access token names, or None (no frame in time, not an auth
     frame, a bad token)."""

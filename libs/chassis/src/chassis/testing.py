@@ -535,3 +535,29 @@ class WsClient:
         if self.reader:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self.reader
+
+
+@pytest.fixture
+async def ws_clients() -> AsyncIterator[Callable[..., Awaitable[WsClient]]]:
+    """`await ws_clients(url, token)`: a `WsClient`, closed when the test ends."""
+    clients: list[WsClient] = []
+
+    async def open_(url: str, token: str | None, **kwargs: Any) -> WsClient:
+        client = await WsClient.open(url, token, **kwargs)
+        clients.append(client)
+        return client
+
+    yield open_
+    for client in clients:
+        with contextlib.suppress(Exception):
+            await client.close()
+
+
+@pytest.fixture
+def api() -> Callable[[Any, TestUser], httpx.AsyncClient]:
+    """`api(server, user)`: an HTTP client for a served app (its `.http` base URL) as a user."""
+
+    def make(server: Any, user: TestUser) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=server.http, headers=user.headers, timeout=10)
+
+    return make

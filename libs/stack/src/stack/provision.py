@@ -41,7 +41,7 @@ def provision(topology: Topology = TOPOLOGY, endpoint_url: str | None = None,
     if topology.uploads_bucket:
         _allow_browser_uploads(clients["s3"], topology.uploads_bucket)
     if topology.media_bucket and endpoint_url:
-        _let_the_gateway_read(clients["s3"], topology.media_bucket)
+        let_the_gateway_read(clients["s3"], topology.media_bucket)
     for service in topology.services:
         for name in service.queues:
             queues[name] = _ensure_queue(clients["sqs"], name, {
@@ -172,7 +172,7 @@ def _ensure_platforms(sns: Any, topology: Topology) -> dict[str, str]:
     return arns
 
 
-def _let_the_gateway_read(s3: Any, bucket: str) -> None:
+def let_the_gateway_read(s3: Any, bucket: str) -> None:
     """Locally the gateway plays the CDN and reads variants without credentials; on AWS the
     bucket stays private and CloudFront reads it with origin access control (CDK)."""
     s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({

@@ -56,6 +56,11 @@ _STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # it becomes part of S3 keys a
 Callback = Callable[[str], Awaitable[None]]
 
 
+# The media bucket serves its `media/` prefix at MEDIA_BASE_URL (through the gateway or the
+# CDN), as the post service's variants are.
+SERVED_PREFIX = "media/"
+
+
 def hls_url(settings: CallSettings, stream_id: str) -> str:
     """Where players find a stream's HLS playlist, while live and afterwards."""
     return f"{settings.media_base_url}/live/{stream_id}/{PLAYLIST}"
@@ -354,7 +359,7 @@ class Studio:
 
     async def _upload(self, stream: _Stream) -> None:
         """Upload segments, then the playlist naming them, in the order the muxer made them."""
-        prefix = f"live/{stream.id}/"
+        prefix = f"{SERVED_PREFIX}live/{stream.id}/"
         waiting: list[Path] = []
         while (update := await stream.uploads.get()) is not None:
             waiting += update.segments

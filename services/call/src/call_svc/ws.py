@@ -28,12 +28,9 @@ from starlette.websockets import WebSocketState
 from chassis.auth import User
 from chassis.problems import Problem, invalid
 from chassis.sockets import (
-    AUTH_FAILED,
-    FORBIDDEN_ORIGIN,
-    authenticate,
+    accept,
     error_frame,
     incoming,
-    origin_allowed,
     problem_frame,
 )
 
@@ -102,16 +99,9 @@ class Session:
 
 async def call_socket(ws: WebSocket) -> None:
     calls: Calls = ws.app.state.calls
-    settings = calls.settings
     call_id = ws.scope["path"].removeprefix(PREFIX)
-    if not origin_allowed(ws, settings.ws_allowed_origins):
-        await ws.close(code=FORBIDDEN_ORIGIN)
-        return
-    await ws.accept()
-    user = await authenticate(ws, timeout_s=settings.ws_auth_timeout_s,
-                              max_bytes=settings.max_body_bytes)
+    user = await accept(ws, calls.settings)
     if user is None:
-        await ws.close(code=AUTH_FAILED, reason="authentication failed")
         return
     try:
         if not 1 <= len(call_id) <= 64 or commands.is_recorder(user.id):

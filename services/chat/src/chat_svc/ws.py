@@ -23,12 +23,9 @@ from starlette.websockets import WebSocketState
 from chassis.auth import User
 from chassis.problems import Problem
 from chassis.sockets import (
-    AUTH_FAILED,
-    FORBIDDEN_ORIGIN,
-    authenticate,
+    accept,
     error_frame,
     incoming,
-    origin_allowed,
     problem_frame,
 )
 
@@ -166,15 +163,8 @@ class Session:
 
 async def chat_socket(ws: WebSocket) -> None:
     chat: Chat = ws.app.state.chat
-    settings = chat.settings
-    if not origin_allowed(ws, settings.ws_allowed_origins):
-        await ws.close(code=FORBIDDEN_ORIGIN)
-        return
-    await ws.accept()
-    user = await authenticate(ws, timeout_s=settings.ws_auth_timeout_s,
-                              max_bytes=settings.max_body_bytes)
+    user = await accept(ws, chat.settings)
     if user is None:
-        await ws.close(code=AUTH_FAILED, reason="authentication failed")
         return
     session = Session(ws, user, chat)
     # Joined first, then the channels' current seqs as the starting cursors, then the writer:

@@ -36,7 +36,8 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 class Peer(Protocol):
     user_id: str
 
-    def deliver(self, frame: dict[str, Any]) -> None: ...
+    def deliver(self, kind: str, user_id: str | None, frame: bytes) -> None:
+        """A frame of type `kind` (about `user_id`, for participant frames), encoded."""
 
 
 def encode(value: Any) -> str:
@@ -73,26 +74,32 @@ class Hub:
 
     async def send(self, call_id: str, frame: dict[str, Any], *, to: str | None = None,
                    skip: str | None = None) -> None:
-        """A frame to one participant (`to`) or to all but `skip`, wherever they are."""
-        payload = encode({"c": call_id, "t": to, "x": skip, "f": frame})
+        """A frame to one participant (`to`) or to all but `skip`, wherever they are.
+
+        Published as a header line (call, recipient, skip, the frame's type and user) and the
+        frame as clients get it: replicas route it by the header and hand the same bytes on,
+        without decoding the frame."""
+        header = {"c": call_id, "t": to, "x": skip, "k": frame.get("type"),
+                  "u": frame.get("user_id")}
         try:
-            await self.redis.publish(SIGNAL, payload)
+            await self.redis.publish(SIGNAL, f"{encode(header)}\n{encode(frame)}")
         except Exception:
             PUBLISH_FAILURES.inc()
             log.warning("publishing a %s frame for call %s failed", frame.get("type"), call_id,
                         exc_info=True)
 
     def _deliver(self, payload: bytes) -> None:
-        message = json.loads(payload)
-        held = self.peers.get(message["c"])
+        header_line, _, frame = payload.partition(b"\n")
+        header = json.loads(header_line)
+        held = self.peers.get(header["c"])
         if not held:
             return
-        frame, to, skip = message["f"], message["t"], message["x"]
+        to, skip, kind = header["t"], header["x"], header["k"]
         targets = [held[to]] if to in held else [] if to else [
             p for u, p in held.items() if u != skip]
         for peer in targets:
-            peer.deliver(frame)
-            RELAYED.labels(frame.get("type", "?")).inc()
+            peer.deliver(kind, header["u"], frame)
+            RELAYED.labels(kind).inc()
 
     # --- requests to the replica that holds some media ----------------------------------
 

@@ -11,6 +11,7 @@ the post service's media worker makes it a media object owned by whoever started
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 from typing import Any
 
@@ -42,8 +43,8 @@ class RecordingPeer:
         self.watcher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def deliver(self, frame: dict[str, Any]) -> None:
-        task = asyncio.create_task(self._on(frame))
+    def deliver(self, kind: str, user_id: str | None, frame: bytes) -> None:
+        task = asyncio.create_task(self._on(json.loads(frame)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -62,16 +62,19 @@ class Session:
         self.closing: int | None = None
         self.queue: asyncio.Queue[Any] = asyncio.Queue(calls.settings.ws_send_queue_max)
 
-    def deliver(self, frame: dict[str, Any]) -> None:
+    def send(self, frame: dict[str, Any]) -> None:
+        """A frame of this session's own (an answer to one of the client's)."""
+        self.deliver(frame["type"], frame.get("user_id"), encode(frame).encode())
+
+    def deliver(self, kind: str, user_id: str | None, frame: bytes) -> None:
         if self.closing is not None:
             return
-        kind = frame.get("type")
         if kind == "participant_joined":
-            self.members.add(frame["user_id"])
+            self.members.add(user_id)
         elif kind == "participant_left":
-            self.members.discard(frame["user_id"])
+            self.members.discard(user_id)
         try:
-            self.queue.put_nowait(frame)
+            self.queue.put_nowait((kind, frame))
         except asyncio.QueueFull:
             log.info("dropping %s's signaling session: it does not keep up", self.user_id)
             self.stop(TOO_SLOW)
@@ -85,11 +88,12 @@ class Session:
 
     async def write(self) -> None:
         while True:
-            frame = await self.queue.get()
-            if frame is _STOP:
+            item = await self.queue.get()
+            if item is _STOP:
                 break
-            await self.ws.send_text(encode(frame))
-            if frame.get("type") == "ended":
+            kind, frame = item
+            await self.ws.send_text(frame.decode())
+            if kind == "ended":
                 self.joined = False
                 self.closing = self.closing or 1000
                 break
@@ -116,9 +120,9 @@ async def call_socket(ws: WebSocket) -> None:
     if replaced is not None:
         replaced.stop(REPLACED)
     writer = asyncio.create_task(session.write())
-    session.deliver({"type": "ready", "user_id": user.id, "call": json_ready(view)})
+    session.send({"type": "ready", "user_id": user.id, "call": json_ready(view)})
     if view["state"] == "ended":
-        session.deliver({"type": "ended", "reason": view["end_reason"]})
+        session.send({"type": "ended", "reason": view["end_reason"]})
     try:
         await _receive(ws, session, calls)
     finally:
@@ -139,42 +143,42 @@ async def _receive(ws: WebSocket, session: Session, calls: Calls) -> None:
         if session.closing is not None:
             return
         if frame is None:
-            session.deliver(error)
+            session.send(error)
             continue
         try:
             await _handle(frame, session, calls)
         except Problem as problem:
-            session.deliver(problem_frame(problem, frame, ECHO))
+            session.send(problem_frame(problem, frame, ECHO))
         except Exception:
             log.exception("handling a %s frame failed", frame.get("type"))
-            session.deliver(error_frame("internal", "that did not work; try again", frame, ECHO))
+            session.send(error_frame("internal", "that did not work; try again", frame, ECHO))
 
 
 async def _handle(frame: dict[str, Any], session: Session, calls: Calls) -> None:
     kind, user_id, call_id = frame["type"], session.user_id, session.call_id
     if kind == "ping":
-        session.deliver({"type": "pong"})
+        session.send({"type": "pong"})
     elif kind == "join":
         view = await calls.join(user_id, call_id)
         session.joined = True
         others = [u for u in in_call(view) if u != user_id]
         session.members.update(others)
-        session.deliver({"type": "joined", "participants": others,
+        session.send({"type": "joined", "participants": others,
                          "recorders": [u for u in others if commands.is_recorder(u)],
                          "call": json_ready(view)})
     elif kind == "leave":
         session.joined = False
         await calls.leave(user_id, call_id)
-        session.deliver({"type": "left"})
+        session.send({"type": "left"})
         session.stop(1000)
     elif kind == "decline":
         await calls.decline(user_id, call_id)
-        session.deliver({"type": "declined", "user_id": user_id})
+        session.send({"type": "declined", "user_id": user_id})
         session.stop(1000)
     elif kind in ("offer", "answer", "candidate"):
         await _relay(kind, frame, session, calls)
     else:
-        session.deliver(error_frame("unknown_type", f"unknown frame type {kind!r}", frame, ECHO))
+        session.send(error_frame("unknown_type", f"unknown frame type {kind!r}", frame, ECHO))
 
 
 async def _relay(kind: str, frame: dict[str, Any], session: Session, calls: Calls) -> None:

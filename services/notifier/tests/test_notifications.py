@@ -5,26 +5,20 @@ through SNS platform endpoints, retries, the DLQ and its redrive."""
 import asyncio
 import json
 import time
-from typing import ClassVar
 
 import http_ece
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from call_svc.events import CallEnded, CallRinging
 from chassis.db import utcnow
 from chassis.testing import assert_problem, wait_until
 from chat_svc import events as chat_events
-from notifier_svc import delivery, inbox, webpush
+from notifier_svc import delivery, webpush
 from notifier_svc.models import push_jobs, subscriptions
 from post_svc import events as post_events
 from profile_svc import events as profile_events
-
-
-class CallRinging(inbox.CallRinging):
-    """`call.ringing` as the call service will publish it (its producer comes later)."""
-
-    event_type: ClassVar[str] = "call.ringing"
 
 
 class Browser:
@@ -93,7 +87,8 @@ async def test_each_kind_of_event_makes_one_notification_in_inbox_stream_and_pus
                                         created_at=utcnow()),
             member_ids=[alice.id, bob.id], push_to=[alice.id]), "chat"),
         ("notifier-call", CallRinging(call_id="call-1", caller_id=bob.id,
-                                      callee_ids=[alice.id], media="video"), "call"),
+                                      callee_ids=[alice.id], media="video",
+                                      ring_deadline=utcnow()), "call"),
     ]
     stream = asyncio.create_task(_read_stream(client, alice, 6))
     await asyncio.sleep(0.3)
@@ -113,6 +108,22 @@ async def test_each_kind_of_event_makes_one_notification_in_inbox_stream_and_pus
         feed.resend(queue, body)
     await asyncio.sleep(2)
     assert len(await items(client, alice)) == 6 and len(receiver.requests) == 6
+
+
+async def test_a_call_nobody_answered_is_a_missed_call_for_each_callee(
+        app, client, user, feed):
+    alice, bob, carol = await user("alice"), await user("bob"), await user("carol")
+    await wait_until(lambda: _known(app, bob.id), "bob is known")
+    now = utcnow()
+    feed.send("notifier-call", CallEnded(
+        call_id="call-2", caller_id=bob.id, reason="missed", participant_ids=[bob.id],
+        missed_ids=[alice.id, carol.id], created_at=now, ended_at=now, duration_s=0),
+        producer="call", subject="call:call-2", actor=bob.id)
+    for callee in (alice, carol):
+        [missed] = await until_items(client, callee, 1)
+        assert missed["type"] == "call" and missed["subject"] == {"call_id": "call-2",
+                                                                  "missed": True}
+    assert await items(client, bob) == []
 
 
 async def _known(app, user_id: str) -> bool:

@@ -208,7 +208,7 @@ TOPOLOGY = Topology(
                     "graph.unmuted")),
                 Subscription("notifier-post", "post", ("post.created", "post.liked")),
                 Subscription("notifier-chat", "chat", ("chat.message_posted",)),
-                Subscription("notifier-call", "call", ("call.ringing",)),
+                Subscription("notifier-call", "call", ("call.ringing", "call.ended")),
             ),
         ),
         Service(

@@ -92,7 +92,8 @@ def payload_of(job: Any) -> dict[str, Any]:
         others = job.actor_count - 1
         if others > 0:
             who += f" and {others} other{'s' if others > 1 else ''}"
-        body["title"] = f"{who} {VERBS[job.type]}"
+        missed = job.type == "call" and job.subject.get("missed")
+        body["title"] = f"{who} {'called you (missed)' if missed else VERBS[job.type]}"
     return body
 
 

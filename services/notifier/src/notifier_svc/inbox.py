@@ -142,6 +142,15 @@ class CallRinging(_Loose):
     media: str = "audio"
 
 
+class CallEnded(_Loose):
+    """`call.ended`: the callees who never answered get a missed call."""
+
+    call_id: str
+    caller_id: str
+    reason: str
+    missed_ids: list[str] = []
+
+
 class Profile(_Loose):
     user_id: str
     username: str
@@ -209,6 +218,13 @@ def on_call_ringing(conn: Connection, envelope: Envelope) -> list[str]:
         subject={"call_id": call.call_id, "media": call.media}, event_id=envelope.id)]
 
 
+def on_call_ended(conn: Connection, envelope: Envelope) -> list[str]:
+    call = CallEnded.model_validate(envelope.data)
+    return [user for user in call.missed_ids if notify(
+        conn, user_id=user, kind="call", actor_id=call.caller_id,
+        subject={"call_id": call.call_id, "missed": True}, event_id=envelope.id)]
+
+
 def on_profile(conn: Connection, envelope: Envelope) -> list[str]:
     profile = Profile.model_validate(envelope.data)
     values = {"username": profile.username, "display_name": profile.display_name,
@@ -244,6 +260,7 @@ def handlers(after: Callable[[list[str]], Any]) -> dict[str, dict[str, Apply]]:
         "notifier-post": {"post.created": unit(on_post_created),
                           "post.liked": unit(on_post_liked)},
         "notifier-chat": {"chat.message_posted": unit(on_chat_posted)},
-        "notifier-call": {"call.ringing": unit(on_call_ringing)},
+        "notifier-call": {"call.ringing": unit(on_call_ringing),
+                          "call.ended": unit(on_call_ended)},
     }
 

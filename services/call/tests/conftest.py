@@ -5,7 +5,6 @@ coturn runs as deployed, with TURN REST API credentials (`--use-auth-secret`), b
 only: relay addresses are 127.0.0.1, so loopback peers must be allowed.
 """
 
-import asyncio
 import secrets
 import shutil
 import subprocess
@@ -15,20 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiortc import AudioStreamTrack, VideoStreamTrack
 
+from call_svc.client import CallPeer
 from call_svc.commands import record_user
 from call_svc.main import CHAT_QUEUE, PROFILE_QUEUE, build_app
 from call_svc.settings import CallSettings
 from chassis.ports import free_port, free_port_block, wait_for_port
 from chassis.testing import (
     EventTap,
-    LiveServer,
+    Replica,
     TestUser,
     WsClient,
     aws_client,
     event_tap,
     new_user,
-    start_live,
+    replica_set,
 )
 from profile_svc.testing import profile_created
 from stack.provision import let_the_gateway_read
@@ -110,38 +111,34 @@ def settings(database_url, cognito, moto_endpoint, tap, names, redis_server) -> 
         media_base_url=f"{moto_endpoint}/{names}media/media", hls_segment_s=1.0, **cognito.env())
 
 
-@dataclass
-class Replica:
-    app: Any
-    live: LiveServer
-
-    @property
-    def http(self) -> str:
-        return self.live.url
-
-    def ws(self, call_id: str) -> str:
-        return f"ws://127.0.0.1:{self.live.port}/ws/calls/{call_id}"
-
-
 @pytest.fixture
 async def replicas(settings) -> AsyncIterator[Any]:
-    """`await replicas(n, **overrides)`: n call replicas serving on real ports."""
-    started: list[Replica] = []
+    """`await replicas(n, **overrides)`: n call replicas serving on real ports, each
+    subscribed to Redis."""
+    async with replica_set(build_app, settings, lambda app: app.state.hub.ready.wait()) as start:
+        yield start
 
-    async def start(count: int = 1, **overrides: Any) -> list[Replica]:
-        new = []
-        for _ in range(count):
-            app = build_app(settings.model_copy(update=overrides))
-            new.append(Replica(app, await start_live(
-                app, lifespan="on", ws_max_size=1 << 20, timeout_graceful_shutdown=2)))
-            await asyncio.wait_for(app.state.hub.ready.wait(), 10)  # subscribed to Redis
-        started.extend(new)
-        return new
 
-    yield start
-    for replica in started:
-        if not replica.live.task.done():
-            await replica.live.stop()
+def ws_url(replica: Replica, call_id: str) -> str:
+    return replica.ws_url(f"/ws/calls/{call_id}")
+
+
+async def start_call(api, replica: Replica, caller: TestUser, callees: list[TestUser],
+                     **body: Any) -> dict[str, Any]:
+    """`POST /api/calls` as `caller`; the 201 body."""
+    async with api(replica, caller) as client:
+        response = await client.post("/api/calls", json={
+            "callee_ids": [u.id for u in callees], "media": "video"} | body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def peer(replica: Replica, started: dict[str, Any], user: TestUser,
+         tracks: list[Any] | None = None) -> CallPeer:
+    """An aiortc participant of the started call, signaling through `replica`."""
+    return CallPeer(ws_url(replica, started["call_id"]), user.token,
+                    ice_servers=started["ice_servers"],
+                    tracks=[AudioStreamTrack(), VideoStreamTrack()] if tracks is None else tracks)
 
 
 @pytest.fixture
@@ -163,6 +160,6 @@ def connect(ws_clients):
 
     async def open_(replica: Replica, call_id: str, user: TestUser | None, **kwargs: Any
                     ) -> WsClient:
-        return await ws_clients(replica.ws(call_id), user.token if user else None, **kwargs)
+        return await ws_clients(ws_url(replica, call_id), user.token if user else None, **kwargs)
 
     return open_

@@ -9,12 +9,12 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from aiortc import AudioStreamTrack, VideoStreamTrack
 from starlette.applications import Starlette
 from starlette.staticfiles import StaticFiles
 
-from call_svc.client import CallPeer
 from chassis.testing import live
+
+from .conftest import peer, start_call, ws_url
 
 CHROMIUM = shutil.which("chromium")
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -39,11 +39,8 @@ async def browser():
 async def test_a_browser_and_an_aiortc_peer_complete_a_call(replicas, user, api, browser):
     one, two = await replicas(2)
     alice, bob = await user(one, "alice"), await user(two, "bob")
-    async with api(one, alice) as client:
-        started = (await client.post("/api/calls", json={"callee_ids": [bob.id]})).json()
-    call_id = started["call_id"]
-    a = CallPeer(one.ws(call_id), alice.token, ice_servers=started["ice_servers"],
-                 tracks=[AudioStreamTrack(), VideoStreamTrack()])
+    started = await start_call(api, one, alice, [bob])
+    a = peer(one, started, alice)
     pages = Starlette(routes=[])
     pages.mount("/", StaticFiles(directory=Path(__file__).parent / "browser"))
     async with live(pages) as site:
@@ -51,8 +48,9 @@ async def test_a_browser_and_an_aiortc_peer_complete_a_call(replicas, user, api,
             await a.join()
             page = await browser.new_page()
             page.on("console", lambda m: print("browser:", m.text))
-            query = urllib.parse.urlencode({"ws": two.ws(call_id), "token": bob.token,
-                                            "ice": json.dumps(started["ice_servers"])})
+            query = urllib.parse.urlencode({
+                "ws": ws_url(two, started["call_id"]), "token": bob.token,
+                "ice": json.dumps(started["ice_servers"])})
             await page.goto(f"{site.url}/call.html?{query}")
             await asyncio.wait_for(a.link(bob.id).wait(), 30)
             for _ in range(300):

@@ -12,6 +12,8 @@ from chassis.testing import assert_problem
 from chat_svc import events as chat_events
 from profile_svc import events as profile_events
 
+from .conftest import start_call
+
 OFFER = "\r\n".join([
     "v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE 0",
     "m=audio 9 UDP/TLS/RTP/SAVPF 111", "c=IN IP4 0.0.0.0", "a=mid:0", "a=sendrecv",
@@ -22,19 +24,11 @@ CANDIDATE = {"candidate": "candidate:1 1 udp 2122260223 192.0.2.1 54321 typ host
              "sdpMid": "0", "sdpMLineIndex": 0}
 
 
-async def _call(api, replica, caller, callees, **body):
-    async with api(replica, caller) as client:
-        response = await client.post("/api/calls", json={"callee_ids": [u.id for u in callees],
-                                                         "media": "video"} | body)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
 async def test_a_call_rings_connects_relays_across_replicas_and_ends(
         replicas, user, api, connect, tap):
     one, two = await replicas(2)
     alice, bob = await user(one, "alice"), await user(two, "bob")
-    started = await _call(api, one, alice, [bob])
+    started = await start_call(api, one, alice, [bob])
     call_id = started["call_id"]
     assert started["call"]["state"] == "ringing"
     assert {"ice_servers", "ttl_s"} <= started.keys()
@@ -83,7 +77,7 @@ async def test_declined_missed_and_cancelled_calls(replicas, user, api, connect,
     [one] = await replicas(1, ring_timeout_s=1.0)
     alice, bob, carol = [await user(one, n) for n in ("alice", "bob", "carol")]
 
-    declined = (await _call(api, one, alice, [bob]))["call_id"]
+    declined = (await start_call(api, one, alice, [bob]))["call_id"]
     a = await connect(one, declined, alice)
     await a.send({"type": "join"})
     async with api(one, bob) as client:
@@ -92,7 +86,7 @@ async def test_declined_missed_and_cancelled_calls(replicas, user, api, connect,
     await a.wait_for(lambda c: c.of("ended"), "alice hears the decline")
     assert a.of("ended")[0]["reason"] == "declined"
 
-    missed = (await _call(api, one, alice, [bob, carol]))["call_id"]
+    missed = (await start_call(api, one, alice, [bob, carol]))["call_id"]
     a2 = await connect(one, missed, alice)
     await a2.send({"type": "join"})
     await a2.wait_for(lambda c: c.of("ended"), "nobody answers in time", timeout_s=10)
@@ -100,7 +94,7 @@ async def test_declined_missed_and_cancelled_calls(replicas, user, api, connect,
     ended = await tap[1].wait_for("call.ended", where=lambda e: e["data"]["call_id"] == missed)
     assert sorted(ended["data"]["missed_ids"]) == sorted([bob.id, carol.id])
 
-    cancelled = (await _call(api, one, alice, [bob], media="audio"))["call_id"]
+    cancelled = (await start_call(api, one, alice, [bob], media="audio"))["call_id"]
     a3 = await connect(one, cancelled, alice)
     b3 = await connect(one, cancelled, bob)  # ringing on bob's screen, not answered yet
     await a3.send({"type": "join"})
@@ -167,8 +161,8 @@ async def test_bad_input_gets_clear_errors_and_other_calls_go_on(
     async with api(one, alice) as client:
         client.headers.pop("Authorization")
         assert_problem(await client.post("/api/calls", json={"callee_ids": [bob.id]}), 401)
-    call_id = (await _call(api, one, alice, [bob]))["call_id"]
-    other_id = (await _call(api, one, alice, [bob]))["call_id"]
+    call_id = (await start_call(api, one, alice, [bob]))["call_id"]
+    other_id = (await start_call(api, one, alice, [bob]))["call_id"]
 
     # a user who is not invited cannot even see the call
     intruder = await connect(two, call_id, mallory, ready="error")

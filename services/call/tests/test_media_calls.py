@@ -3,9 +3,9 @@ signaling of two replicas, and audio and video flow between them."""
 
 import asyncio
 
-from aiortc import AudioStreamTrack, VideoStreamTrack
-
 from call_svc.client import CallPeer
+
+from .conftest import peer, start_call
 
 
 async def _flowing(peer: CallPeer, other: str, frames: int = 10) -> None:
@@ -22,13 +22,8 @@ async def test_two_aiortc_peers_on_two_replicas_connect_with_audio_and_video(
         replicas, user, api):
     one, two = await replicas(2)
     alice, bob = await user(one, "alice"), await user(two, "bob")
-    async with api(one, alice) as client:
-        started = (await client.post("/api/calls", json={"callee_ids": [bob.id]})).json()
-    call_id = started["call_id"]
-    a = CallPeer(one.ws(call_id), alice.token, ice_servers=started["ice_servers"],
-                 tracks=[AudioStreamTrack(), VideoStreamTrack()])
-    b = CallPeer(two.ws(call_id), bob.token, ice_servers=started["ice_servers"],
-                 tracks=[AudioStreamTrack(), VideoStreamTrack()])
+    started = await start_call(api, one, alice, [bob])
+    a, b = peer(one, started, alice), peer(two, started, bob)
     try:
         await a.join()
         await b.join()  # bob offers to alice, through replica two, Redis and replica one

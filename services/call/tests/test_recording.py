@@ -6,9 +6,10 @@ import asyncio
 import json
 import subprocess
 
-from call_svc.client import CallPeer
 from call_svc.patterns import TestPatternTrack, ToneTrack
 from chassis.testing import assert_problem, aws_client
+
+from .conftest import peer, start_call
 
 
 async def test_a_recorded_call_is_stored_with_its_duration(
@@ -17,13 +18,11 @@ async def test_a_recorded_call_is_stored_with_its_duration(
     alice, bob, eve = (await user(one, "alice"), await user(two, "bob"),
                        await user(one, "eve"))
     async with api(one, alice) as as_alice, api(two, bob) as as_bob, api(one, eve) as as_eve:
-        call_id = (await as_alice.post("/api/calls", json={"callee_ids": [bob.id]})).json()[
-            "call_id"]
+        started = await start_call(api, one, alice, [bob])
+        call_id = started["call_id"]
         assert_problem(await as_alice.post(f"/api/calls/{call_id}/recording"), 409)  # not in
-        a = CallPeer(one.ws(call_id), alice.token, tracks=[TestPatternTrack(hue=40),
-                                                           ToneTrack(300)])
-        b = CallPeer(two.ws(call_id), bob.token, tracks=[TestPatternTrack(hue=200),
-                                                         ToneTrack(500)])
+        a = peer(one, started, alice, [TestPatternTrack(hue=40), ToneTrack(300)])
+        b = peer(two, started, bob, [TestPatternTrack(hue=200), ToneTrack(500)])
         try:
             await a.join()
             await b.join()

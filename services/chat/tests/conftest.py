@@ -5,22 +5,20 @@ Each test gets its own redis-server (so a test may restart it), its own topic an
 replicas it starts with `replicas(n)`.
 """
 
-import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from chassis.testing import (
     EventTap,
-    LiveServer,
+    Replica,
     TestUser,
     WsClient,
     aws_client,
     event_tap,
     new_user,
-    start_live,
+    replica_set,
 )
 from chat_svc.commands import record_user
 from chat_svc.main import PROFILE_QUEUE, build_app
@@ -49,49 +47,11 @@ def settings(database_url, cognito, moto_endpoint, tap, names, redis_server,
         outbox_poll_interval_s=0.1, log_json=False, presence_ttl_s=6, **cognito.env())
 
 
-@dataclass
-class Replica:
-    app: Any
-    live: LiveServer
-
-    @property
-    def port(self) -> int:
-        return self.live.port
-
-    @property
-    def http(self) -> str:
-        return self.live.url
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/chat"
-
-    @property
-    def task(self) -> asyncio.Task:
-        return self.live.task
-
-    async def stop(self) -> None:
-        await self.live.stop()
-
-
 @pytest.fixture
 async def replicas(settings) -> AsyncIterator[Any]:
     """`await replicas(n, **overrides)`: n chat replicas serving on real ports."""
-    started: list[Replica] = []
-
-    async def start(count: int = 1, **overrides: Any) -> list[Replica]:
-        new = []
-        for _ in range(count):
-            app = build_app(settings.model_copy(update=overrides))
-            new.append(Replica(app, await start_live(
-                app, lifespan="on", ws_max_size=1 << 20, timeout_graceful_shutdown=2)))
-        started.extend(new)
-        return new
-
-    yield start
-    for replica in started:
-        if not replica.task.done():
-            await replica.stop()
+    async with replica_set(build_app, settings) as start:
+        yield start
 
 
 @pytest.fixture
@@ -113,8 +73,8 @@ def connect(ws_clients):
 
     async def open_(replica: Replica, user: TestUser | None = None, *, auth: bool = True,
                     **kwargs: Any) -> WsClient:
-        return await ws_clients(replica.ws, user.token if auth and user is not None else None,
-                                **kwargs)
+        token = user.token if auth and user is not None else None
+        return await ws_clients(replica.ws_url("/ws/chat"), token, **kwargs)
 
     return open_
 

@@ -433,6 +433,59 @@ async def live(asgi: Any, **config: Any) -> AsyncIterator[LiveServer]:
         await running.stop()
 
 
+@dataclass
+class Replica:
+    """One replica of a service's app, served on a real port."""
+
+    app: Any
+    live: LiveServer
+
+    @property
+    def port(self) -> int:
+        return self.live.port
+
+    @property
+    def http(self) -> str:
+        return self.live.url
+
+    @property
+    def task(self) -> asyncio.Task[None]:
+        return self.live.task
+
+    def ws_url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    async def stop(self) -> None:
+        await self.live.stop()
+
+
+@contextlib.asynccontextmanager
+async def replica_set(build: Callable[[Any], Any], settings: Any,
+                      ready: Callable[[Any], Awaitable[None]] | None = None,
+                      ) -> AsyncIterator[Callable[..., Awaitable[list[Replica]]]]:
+    """`await start(n, **overrides)` serves n apps built from `settings` (with overrides),
+    each once `ready(app)` returns; all are stopped when the block ends."""
+    started: list[Replica] = []
+
+    async def start(count: int = 1, **overrides: Any) -> list[Replica]:
+        new = []
+        for _ in range(count):
+            app = build(settings.model_copy(update=overrides))
+            new.append(Replica(app, await start_live(
+                app, lifespan="on", ws_max_size=1 << 20, timeout_graceful_shutdown=2)))
+            if ready is not None:
+                await asyncio.wait_for(ready(app), 10)
+        started.extend(new)
+        return new
+
+    try:
+        yield start
+    finally:
+        for replica in started:
+            if not replica.task.done():
+                await replica.stop()
+
+
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     """The response is an RFC 9457 problem with `status`; returns its body."""
     assert response.status_code == status, response.text

@@ -1,7 +1,9 @@
 """A caller's trace runs through the request's logs and into the events the request creates."""
 
+import asyncio
 import json
 import logging
+import os
 
 import structlog
 from fastapi import APIRouter
@@ -73,3 +75,42 @@ async def test_a_request_without_a_traceparent_starts_a_new_trace(serve):
         response = await client.post("/notes")
     trace_id = response.json()["trace"]["traceparent"].split("-")[1]
     assert trace_id != TRACE_ID and int(trace_id, 16) != 0
+
+
+async def test_spans_are_exported_over_otlp_when_an_endpoint_is_set(tmp_path):
+    """A process configured with OTEL_EXPORTER_OTLP_ENDPOINT sends its spans to a collector
+    (here a local receiver standing in for the ADOT sidecar) before it exits."""
+    import subprocess
+    import sys
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from chassis.testing import live
+
+    received: list[ExportTraceServiceRequest] = []
+
+    async def collect(request: Request) -> Response:
+        received.append(ExportTraceServiceRequest.FromString(await request.body()))
+        return Response(status_code=200)
+
+    collector = Starlette(routes=[Route("/v1/traces", collect, methods=["POST"])])
+    script = ("from chassis.tracing import configure_tracing, tracer\n"
+              "configure_tracing('svc-under-test')\n"
+              "with tracer().start_as_current_span('work'): pass\n")
+    async with live(collector) as server:
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", script], capture_output=True, timeout=60,
+            env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": server.url})
+    assert done.returncode == 0, done.stderr
+    spans = [span for request in received for resource in request.resource_spans
+             for scope in resource.scope_spans for span in scope.spans]
+    assert [span.name for span in spans] == ["work"]
+    attributes = {a.key: a.value.string_value
+                  for a in received[0].resource_spans[0].resource.attributes}
+    assert attributes["service.name"] == "svc-under-test"

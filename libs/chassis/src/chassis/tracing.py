@@ -1,23 +1,31 @@
 """OpenTelemetry: one tracer provider per process, W3C context in headers and message attributes."""
 
 import functools
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 _configured = False
 
 
 def configure_tracing(service_name: str) -> None:
-    """Install the SDK provider so spans get real ids (exporters are added by deployment)."""
+    """Install the SDK provider so spans get real ids; with OTEL_EXPORTER_OTLP_ENDPOINT (or
+    its _TRACES_ variant) set, spans are also sent there over OTLP/HTTP in batches (on AWS the
+    ADOT collector beside each task passes them on to X-Ray)."""
     global _configured
     if _configured:
         return
-    resource = Resource.create({"service.name": service_name})
-    trace.set_tracer_provider(TracerProvider(resource=resource))
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if any(os.environ.get(f"OTEL_EXPORTER_OTLP_{kind}ENDPOINT") for kind in ("", "TRACES_")):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
     _configured = True
 
 

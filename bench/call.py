@@ -94,6 +94,9 @@ async def signaling_step(base_url: str, users: list[tuple[str, str]], calls: int
     latencies: list[float] = []
     samples: list[str] = []
     sent = received = errors = 0
+    in_window: set[int] = set()  # stamps of the frames sent while measuring
+    arrived: set[int] = set()
+    measuring = False
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
         limit = asyncio.Semaphore(32)
 
@@ -126,6 +129,7 @@ async def signaling_step(base_url: str, users: list[tuple[str, str]], calls: int
                             stamp = int(json.loads(raw)["candidate"]["candidate"]
                                         .split(" ", 1)[0].split(":")[1])
                             latencies.append((time.time_ns() - stamp) / 1e6)
+                            arrived.add(stamp)
                             received += 1
                         elif '"joined"' in raw[:20] and other in raw or (
                                 '"participant_joined"' in raw[:40]):
@@ -139,7 +143,10 @@ async def signaling_step(base_url: str, users: list[tuple[str, str]], calls: int
             await go.wait()
             await asyncio.sleep(hash(me[1] + call_id) % 1000 / 1000)  # spread over the second
             while not stop.is_set():
-                candidate = CANDIDATE.format(stamp=time.time_ns(), port=1024 + sent % 60000)
+                stamp = time.time_ns()
+                if measuring:
+                    in_window.add(stamp)
+                candidate = CANDIDATE.format(stamp=stamp, port=1024 + sent % 60000)
                 await ws.send(json.dumps({"type": "candidate", "to": other, "candidate": {
                     "candidate": candidate, "sdpMid": "0", "sdpMLineIndex": 0}}))
                 sent += 1
@@ -159,8 +166,10 @@ async def signaling_step(base_url: str, users: list[tuple[str, str]], calls: int
     go.set()
     await asyncio.sleep(2.0)  # everyone sending at their pace
     latencies.clear()
+    measuring = True
     sent_at_start, received_at_start, began = sent, received, time.monotonic()
     await asyncio.sleep(seconds)
+    measuring = False
     elapsed, window_sent = time.monotonic() - began, sent - sent_at_start
     window_received = received - received_at_start
     stop.set()
@@ -168,7 +177,7 @@ async def signaling_step(base_url: str, users: list[tuple[str, str]], calls: int
     return {"calls": calls, "sent_per_s": window_sent / elapsed,
             "relayed_per_s": window_received / elapsed, "joined_s": joined_s,
             "p50_ms": statistics.median(latencies) if latencies else float("nan"),
-            "p99_ms": pct(latencies, 99), "lost": max(0, sent - received), "errors": errors,
+            "p99_ms": pct(latencies, 99), "lost": len(in_window - arrived), "errors": errors,
             "samples": samples}
 
 

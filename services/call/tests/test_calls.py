@@ -104,6 +104,22 @@ async def test_declined_missed_and_cancelled_calls(replicas, user, api, connect,
     assert b3.of("ended")[0]["reason"] == "cancelled"
 
 
+async def test_call_history_lists_a_users_calls_newest_first_in_pages(replicas, user, api):
+    [one] = await replicas(1)
+    alice, bob, carol = [await user(one, n) for n in ("alice", "bob", "carol")]
+    made = [(await start_call(api, one, alice, [bob]))["call_id"] for _ in range(3)]
+    other = (await start_call(api, one, carol, [bob]))["call_id"]
+    async with api(one, alice) as client, api(one, bob) as as_bob:
+        first = (await client.get("/api/calls", params={"limit": 2})).json()
+        assert [c["id"] for c in first["items"]] == made[::-1][:2]
+        rest = (await client.get("/api/calls", params={"cursor": first["next_cursor"]})).json()
+        assert [c["id"] for c in rest["items"]] == [made[0]] and rest["next_cursor"] is None
+        assert [c["id"] for c in (await as_bob.get("/api/calls")).json()["items"]] == [
+            other, *made[::-1]]
+        assert_problem(await client.get("/api/calls", params={"cursor": "garbage"}), 400)
+        assert_problem(await client.get("/api/calls", params={"limit": 1000}), 422)
+
+
 async def test_group_call_from_a_channel_skips_blocked_members(replicas, user, api, connect):
     [one] = await replicas(1)
     alice, bob, carol, dave = [await user(one, n) for n in ("alice", "bob", "carol", "dave")]

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from chassis.auth import CurrentUser
 from chassis.db import DatabaseDep
 from chassis.idempotency import IdempotencyKey, once_in_unit
+from chassis.pagination import Cursor, Limit, decode_cursor, encode_cursor
 
 from . import commands
 from .actions import Calls, json_ready
@@ -60,6 +61,18 @@ async def start_call(body: NewCall, user: CurrentUser, db: DatabaseDep, request:
     servers, ttl = await request.app.state.ice.for_user(user.id)
     return _json({"call_id": call["id"], "ice_servers": servers, "ttl_s": ttl, "call": call},
                  201)
+
+
+@router.get("")
+async def list_calls(user: CurrentUser, db: DatabaseDep, limit: Limit = 20,
+                     cursor: Cursor = None) -> JSONResponse:
+    """The caller's call history, newest first: each call with its end reason and every
+    participant's state (`missed`, `declined`, ...)."""
+    before = (decode_cursor(cursor, "before") or {}).get("before")
+    items = await db.run(functools.partial(commands.calls_of, user=user.id, before=before,
+                                           limit=limit))
+    next_cursor = encode_cursor({"before": items[-1]["id"]}) if len(items) == limit else None
+    return _json({"items": items, "next_cursor": next_cursor})
 
 
 @router.get("/{call_id}")

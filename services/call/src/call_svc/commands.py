@@ -111,6 +111,16 @@ def call_view(conn: Connection, call_id: str, viewer: str | None) -> dict[str, A
     return _view(call, people)
 
 
+def calls_of(conn: Connection, user: str, before: str | None,
+             limit: int) -> list[dict[str, Any]]:
+    """The user's calls (made, received, missed), newest first, ids below `before`."""
+    query = (select(calls.c.id).join(participants, participants.c.call_id == calls.c.id)
+             .where(participants.c.user_id == user).order_by(calls.c.id.desc()).limit(limit))
+    if before is not None:
+        query = query.where(calls.c.id < before)
+    return [call_view(conn, call_id, None) for call_id in conn.execute(query).scalars()]
+
+
 def join(conn: Connection, call_id: str, user: str) -> tuple[dict[str, Any], bool]:
     """The user is in the call; returns the call and whether this join answered it."""
     call, me = _locked(conn, call_id, user)

@@ -85,6 +85,18 @@ def eventually(api: httpx.Client, path: str, headers: dict[str, str], predicate,
         time.sleep(0.1)
 
 
+def created_once_known(api: httpx.Client, path: str, headers: dict[str, str],
+                       body: dict) -> httpx.Response:
+    """POST `body` until the service has heard of the users it names (422 until their
+    profile.created arrives); the 201."""
+    deadline = time.monotonic() + 20
+    while (response := api.post(path, headers=headers, json=body)).status_code == 422:
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.2)
+    assert response.status_code == 201, response.text
+    return response
+
+
 def test_post_reaches_a_followers_home_timeline_and_search(stack: RunningStack) -> None:
     api = httpx.Client(base_url=stack.url, timeout=10)
     author, as_author = sign_up_and_log_in(api, "ramen_author")
@@ -238,12 +250,8 @@ def test_chat_through_the_gateway_reaches_across_replicas_and_search(
     _, as_alice = sign_up_and_log_in(api, "chat_alice")
     bob, as_bob = sign_up_and_log_in(api, "chat_bob")
     _, as_eve = sign_up_and_log_in(api, "chat_eve")
-    deadline = time.monotonic() + 20
-    while (opened := api.post("/api/chat/channels", headers=as_alice,
-                              json={"kind": "dm", "member_ids": [bob]})).status_code == 422:
-        assert time.monotonic() < deadline, opened.text  # profile.created not arrived yet
-        time.sleep(0.2)
-    assert opened.status_code == 201, opened.text
+    opened = created_once_known(api, "/api/chat/channels", as_alice,
+                                {"kind": "dm", "member_ids": [bob]})
     channel = opened.json()["id"]
     asyncio.run(exchange(stack, channel, as_alice, as_bob))
     search = f"/api/search?type=messages&q={quote('ラーメン')}"
@@ -289,12 +297,8 @@ def test_a_call_rings_the_callee_and_its_recording_becomes_a_video(
     api = httpx.Client(base_url=stack.url, timeout=10)
     alice, as_alice = sign_up_and_log_in(api, "call_alice")
     bob, as_bob = sign_up_and_log_in(api, "call_bob")
-    deadline = time.monotonic() + 20
-    while (started := api.post("/api/calls", headers=as_alice,
-                               json={"callee_ids": [bob], "media": "video"})).status_code == 422:
-        assert time.monotonic() < deadline, started.text  # profile.created not arrived yet
-        time.sleep(0.2)
-    assert started.status_code == 201, started.text
+    started = created_once_known(api, "/api/calls", as_alice,
+                                 {"callee_ids": [bob], "media": "video"})
     call_id = started.json()["call_id"]
     rung = eventually(api, "/api/notifications", as_bob, lambda body: any(
         n["type"] == "call" for n in body["items"]))

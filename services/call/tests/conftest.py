@@ -28,10 +28,9 @@ from chassis.testing import (
     WsClient,
     aws_client,
     event_tap,
-    new_user,
     replica_set,
 )
-from profile_svc.testing import profile_created
+from profile_svc.testing import known_user
 from stack.provision import let_the_gateway_read
 
 RELAY_PORTS = 20  # allocations one test session holds at once, with room to spare
@@ -146,10 +145,7 @@ def user(cognito):
     """A Cognito user the call service knows (its `profile.created` applied)."""
 
     async def make(replica: Replica, prefix: str = "u") -> TestUser:
-        user = await new_user(cognito, prefix)
-        created = profile_created(user.id, user.username)
-        await replica.app.state.db.run(lambda conn: record_user(conn, created))
-        return user
+        return await known_user(cognito, replica.app.state.db, record_user, prefix)
 
     return make
 

@@ -17,13 +17,12 @@ from chassis.testing import (
     WsClient,
     aws_client,
     event_tap,
-    new_user,
     replica_set,
 )
 from chat_svc.commands import record_user
 from chat_svc.main import PROFILE_QUEUE, build_app
 from chat_svc.settings import ChatSettings
-from profile_svc.testing import profile_created
+from profile_svc.testing import known_user
 
 
 @pytest.fixture
@@ -59,10 +58,7 @@ def user(cognito, replicas):
     """A Cognito user the chat service knows (its `profile.created` applied)."""
 
     async def make(replica: Replica, prefix: str = "u") -> TestUser:
-        user = await new_user(cognito, prefix)
-        created = profile_created(user.id, user.username)
-        await replica.app.state.db.run(lambda conn: record_user(conn, created))
-        return user
+        return await known_user(cognito, replica.app.state.db, record_user, prefix)
 
     return make
 

@@ -22,10 +22,16 @@ TOPO = Topology(
 )
 
 
+STREAM_RELEASED = threading.Event()
+
+
 class Echo(BaseHTTPRequestHandler):
     """Answers with its name, the path and the headers it received."""
 
     def do_GET(self) -> None:
+        if self.path.startswith("/api/alpha/stream"):
+            self._stream()
+            return
         if self.path.startswith("/api/alpha/secret"):
             self._answer(401, {"status": 401, "length": len(self.headers["Authorization"])},
                          "application/problem+json")
@@ -40,6 +46,17 @@ class Echo(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def _stream(self) -> None:
+        """An event stream: one event now, the next once the test has seen the first."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("X-Accel-Buffering", "no")
+        self.end_headers()
+        self.wfile.write(b"data: first\n\n")
+        self.wfile.flush()
+        STREAM_RELEASED.wait(10)
+        self.wfile.write(b"data: second\n\n")
 
     def log_message(self, *args) -> None:
         pass
@@ -111,6 +128,19 @@ def test_routes_keep_the_full_path_and_balance_over_replicas(gateway: str) -> No
     assert headers["traceparent"] == "00-abc-def-01"
     assert headers["x-forwarded-for"] == "127.0.0.1"
     assert headers["x-forwarded-proto"] == "http"
+
+
+def test_a_stream_that_asks_not_to_be_buffered_arrives_as_it_is_written(gateway: str) -> None:
+    """Responses are buffered at the gateway, except those marked `X-Accel-Buffering: no`."""
+    STREAM_RELEASED.clear()
+    with httpx.stream("GET", f"{gateway}/api/alpha/stream", timeout=5) as response:
+        chunks = response.iter_bytes()
+        first = next(chunks)
+        STREAM_RELEASED.set()
+        rest = b"".join(chunks)
+
+    assert first == b"data: first\n\n"
+    assert rest == b"data: second\n\n"
 
 
 def test_health_goes_to_the_health_app(gateway: str) -> None:

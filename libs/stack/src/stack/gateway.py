@@ -20,6 +20,7 @@ GATEWAY_PROBLEMS = {
     504: ("Gateway Timeout", "the service behind this path did not answer in time"),
 }
 WEBSOCKET_PREFIX = "/ws/"
+UPSTREAM_KEEPALIVE = 256
 # Other request headers (traceparent, Authorization) pass through untouched.
 FORWARDED_HEADERS = (
     "Host $http_host",
@@ -76,6 +77,7 @@ def render_nginx_conf(upstreams: dict[str, list[str]], *, health_upstream: str, 
 
 def _http_settings() -> list[str]:
     return [
+        "keepalive_requests 100000;",  # per client connection; nginx's default closes at 1,000
         "access_log off;",
         "server_tokens off;",
         "default_type application/octet-stream;",
@@ -84,8 +86,10 @@ def _http_settings() -> list[str]:
         # (not the gateway) is the one to judge and refuse them.
         "large_client_header_buffers 4 512k;",
         "proxy_http_version 1.1;",
-        # Unbuffered so server-sent events and long polls reach the client as they are written.
-        "proxy_buffering off;",
+        # Buffered: a response is read from the replica whole and written to the client in one
+        # go (fewer wake-ups on both sides). A stream that must not wait (server-sent events)
+        # says so with `X-Accel-Buffering: no`.
+        "proxy_buffering on;",
         "proxy_request_buffering on;",
         "proxy_connect_timeout 5s;",
         "proxy_read_timeout 60s;",
@@ -100,9 +104,13 @@ def _http_settings() -> list[str]:
 def _upstream(name: str, servers: list[str]) -> list[str]:
     if not servers:
         raise ValueError(f"upstream {name} has no servers")
-    # Round robin is nginx's default; keepalive reuses connections to the replicas.
+    # Round robin is nginx's default. Idle connections to the replicas are kept for reuse, per
+    # worker, as many as there can be requests in flight: with fewer, every request past the
+    # pool's size opens a fresh connection and closes it (measured: p99 of reads 40-116 ms
+    # with 16 kept, 30-90 ms with 128, at 32 concurrent clients).
     return [f"upstream {name} {{", *[f"    server {s} max_fails=1 fail_timeout=2s;"
-                                     for s in servers], "    keepalive 16;", "}"]
+                                     for s in servers],
+            f"    keepalive {UPSTREAM_KEEPALIVE};", "    keepalive_requests 100000;", "}"]
 
 
 def route_table(upstreams: dict[str, list[str]],

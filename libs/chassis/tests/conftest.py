@@ -10,8 +10,6 @@ import aioboto3
 import pytest
 from botocore.config import Config
 from fastapi import APIRouter
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
@@ -29,7 +27,7 @@ from chassis.testing import (
     free_port,
     serve_in_process,
 )
-from chassis.tracing import configure_tracing
+from chassis.tracing import configure_tracing, export_spans
 
 SERVICE = "chassis-tests"
 
@@ -67,10 +65,8 @@ def metadata() -> MetaData:
 def spans() -> InMemorySpanExporter:
     """Every finished span, kept in memory; installs the SDK provider as services do."""
     configure_tracing(SERVICE)
-    provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
     exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    export_spans(SimpleSpanProcessor(exporter))
     return exporter
 
 

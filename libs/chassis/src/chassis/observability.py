@@ -83,6 +83,10 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = True) -
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# The W3C trace context and baggage, and the declared body size.
+_READ_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage", b"content-length"})
+
+
 class ObservabilityMiddleware:
     """Per request: a server span continuing the caller's trace, a latency sample, a body limit."""
 
@@ -95,7 +99,9 @@ class ObservabilityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        # Only the headers read here are decoded (a bearer token alone can be kilobytes).
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
+                   if k in _READ_HEADERS}
         length = headers.get("content-length")
         if length and length.isdigit() and int(length) > self.max_body_bytes:
             response = problem_response(Problem(413, f"body exceeds {self.max_body_bytes} bytes"))

@@ -9,8 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
+from moto import mock_aws
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.sqs.models import sqs_backends
 
 from chassis.testing import FAKE_AWS, REGION, free_port, wait_for_port
+from stack.motoserver import take_sqs_shortcuts
 from stack.provision import provision
 from stack.topology import TOPOLOGY
 
@@ -102,3 +106,24 @@ def test_an_unreadable_state_file_is_set_aside_not_lost(tmp_path: Path) -> None:
         assert client("sqs", endpoint).list_queues().get("QueueUrls", []) == []
 
     assert [p.read_bytes() for p in tmp_path.glob("moto.state.unreadable-*")] == [b"not a pickle"]
+
+
+def test_the_sqs_shortcuts_keep_moto_answers() -> None:
+    """The server's shortcut through moto's retention check still drops only expired messages."""
+    take_sqs_shortcuts()
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name=REGION, **FAKE_AWS)
+        urls = {name: sqs.create_queue(QueueName=name,
+                                       Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
+                for name in ("fresh", "expired")}
+        for url in urls.values():
+            sqs.send_message(QueueUrl=url, MessageBody="hello")
+        (old,) = sqs_backends[DEFAULT_ACCOUNT_ID][REGION].get_queue("expired")._messages
+        old.sent_timestamp -= 61_000
+
+        def bodies(name: str) -> list[str]:
+            answer = sqs.receive_message(QueueUrl=urls[name], MaxNumberOfMessages=10)
+            return [m["Body"] for m in answer.get("Messages", [])]
+
+        assert bodies("fresh") == ["hello"]
+        assert bodies("expired") == []

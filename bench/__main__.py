@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="seconds of the same load before each measured one, not counted")
     parser.add_argument("--only", nargs="*", help="scenarios to run: lag me follow post home")
     args = parser.parse_args()
 
@@ -68,13 +70,15 @@ def main() -> None:
         users = asyncio.run(sign_up(base_url, args.users))
         print(f"stack {base_url}, {len(users)} users, {args.connections} concurrent clients, "
               f"{args.duration} s each")
+        _settle(base_url, users, data_dir)  # the sign-ups' events, before measuring anything
         for name, mode, target in SCENARIOS:
             if args.only and mode not in args.only:
                 continue
             if mode == "post":
                 # The lag probe runs during the write load, as the targets ask.
                 load = functools.partial(run_wrk, name, base_url, users[2:], mode,
-                                         connections=args.connections, duration_s=args.duration)
+                                         connections=args.connections, duration_s=args.duration,
+                                         warmup_s=args.warmup)
                 result, lag = asyncio.run(_during(
                     load, measure(base_url, users[0], users[1], args.duration - 1)))
                 print(f"{result.line()}   ({target})")
@@ -88,7 +92,7 @@ def main() -> None:
                     print(f"{line}   (no other load)")
                 continue
             result = run_wrk(name, base_url, users, mode, connections=args.connections,
-                             duration_s=args.duration)
+                             duration_s=args.duration, warmup_s=args.warmup)
             print(f"{result.line()}   ({target})")
             if mode == "follow":
                 _settle(base_url, users, data_dir)

@@ -16,11 +16,15 @@ end
 local n = #lines
 local counter = 0
 local thread_offset = 0
-local next_offset = 0
+-- Each (follower, followee) pair once: the n(n-1) pairs are cut into 2 x threads slices, one
+-- per thread of the warm-up (part 1) and of the measured run (part 0), so that no follow
+-- measured repeats one made before (a repeat changes nothing and costs less).
+local slice = math.floor(n * (n - 1) / (2 * %(threads)d))
+local next_offset = %(part)d * %(threads)d * slice
 
 function setup(thread)
   thread:set("thread_offset", next_offset)
-  next_offset = next_offset + math.floor(n * (n - 1) / 2)
+  next_offset = next_offset + slice
 end
 
 function request()
@@ -69,17 +73,25 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(name: str, base_url: str, users: list[tuple[str, str]], mode: str, *,
-            connections: int, duration_s: int, threads: int = 2) -> Result:
-    """Run wrk against `base_url` with one of the scripted request mixes."""
+            connections: int, duration_s: int, threads: int = 2, warmup_s: int = 0) -> Result:
+    """Run wrk against `base_url` with one of the scripted request mixes, after `warmup_s`
+    seconds of the same load whose numbers are dropped."""
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: run `make deps` (apt package wrk)")
     workdir = Path(tempfile.mkdtemp(prefix="asyncsns-wrk-"))
     (workdir / "users.txt").write_text("".join(f"{t} {i}\n" for t, i in users))
-    script = workdir / "script.lua"
-    script.write_text(LUA % {"users": workdir / "users.txt", "mode": mode})
-    out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency",
-         "-s", str(script), base_url], capture_output=True, text=True, check=True).stdout
+
+    def wrk(seconds: int, part: int) -> str:
+        script = workdir / f"script{part}.lua"
+        script.write_text(LUA % {"users": workdir / "users.txt", "mode": mode,
+                                 "threads": threads, "part": part})
+        return subprocess.run(
+            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+             "-s", str(script), base_url], capture_output=True, text=True, check=True).stdout
+
+    if warmup_s:
+        wrk(warmup_s, part=1)  # first connections, first runs of code paths, cold caches
+    out = wrk(duration_s, part=0)
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):

@@ -6,6 +6,7 @@ import time
 import pytest
 from sqlalchemy import insert, text
 
+from chassis.db import WriterLock
 from chassis.outbox import stage_event
 
 
@@ -62,3 +63,22 @@ async def test_cancelling_a_running_unit_is_a_cancellation_not_a_driver_error(db
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_sqlite_writers_of_every_process_queue_on_one_file_lock(db):
+    """A replica's write waits while another process writes the same file, and starts once
+    it is done (woken by the kernel, not polling in SQLite's busy handler)."""
+    if db.database.dialect != "sqlite":
+        pytest.skip("PostgreSQL queues writers itself")
+    other_process = WriterLock(f"{db.database.engine.url.database}.writer-lock")
+    other_process.acquire()
+    write = asyncio.create_task(db.database.run(
+        lambda conn: conn.execute(insert(db.table("effects")), {"event_id": "e1"})))
+    await asyncio.sleep(0.3)
+
+    assert not write.done()
+    assert await db.count("effects") == 0
+    other_process.release()
+    await write
+    assert await db.count("effects") == 1
+    other_process.close()

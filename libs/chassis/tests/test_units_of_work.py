@@ -82,3 +82,48 @@ async def test_sqlite_writers_of_every_process_queue_on_one_file_lock(db):
     await write
     assert await db.count("effects") == 1
     other_process.close()
+
+
+async def test_a_failing_unit_among_concurrent_ones_takes_only_its_own_writes_back(db, thing):
+    """On SQLite concurrent units commit in groups; each still commits whole or not at all."""
+    woken = []
+    db.database.on_events_committed.append(lambda: woken.append(True))
+
+    def unit(n):
+        def work(conn):
+            conn.execute(insert(db.table("effects")), {"event_id": f"e{n}"})
+            stage_event(conn, db.table("outbox"), thing(n, subject=f"agg-{n}"))
+            if n % 5 == 0:
+                raise LookupError(f"unit {n} says no")
+            return n
+        return work
+
+    outcomes = await asyncio.gather(*(db.database.run(unit(n)) for n in range(1, 31)),
+                                    return_exceptions=True)
+
+    failed = [n for n, o in enumerate(outcomes, 1) if isinstance(o, LookupError)]
+    assert failed == [5, 10, 15, 20, 25, 30]
+    assert [o for o in outcomes if not isinstance(o, Exception)] == [
+        n for n in range(1, 31) if n % 5]
+    assert await db.count("effects") == 24 and await db.count("outbox") == 24
+    assert woken
+
+
+async def test_a_unit_cancelled_while_it_waits_for_its_group_never_runs(db):
+    if db.database.dialect != "sqlite":
+        pytest.skip("on PostgreSQL units run side by side, not in groups")
+    ran = []
+
+    def slow(conn):
+        time.sleep(0.3)  # on the writer thread, holding up the next group
+
+    first = asyncio.create_task(db.database.run(slow))
+    await asyncio.sleep(0.05)
+    waiting = asyncio.create_task(db.database.run(lambda conn: ran.append(True)))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await db.database.run(lambda conn: None)  # the next group has come and gone
+    assert ran == []

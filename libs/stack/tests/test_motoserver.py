@@ -9,9 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
-from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
-from moto.sqs.models import sqs_backends
+from moto.sqs.models import SQSBackend
 
 from chassis.testing import FAKE_AWS, REGION, free_port, wait_for_port
 from stack.motoserver import take_sqs_shortcuts
@@ -109,21 +108,20 @@ def test_an_unreadable_state_file_is_set_aside_not_lost(tmp_path: Path) -> None:
 
 
 def test_the_sqs_shortcuts_keep_moto_answers() -> None:
-    """The server's shortcut through moto's retention check still drops only expired messages."""
+    """The server's shortcut through moto's retention check still drops only expired messages.
+
+    On a backend of its own: `mock_aws` would reset the backends of every moto server this
+    test process runs for other tests."""
     take_sqs_shortcuts()
-    with mock_aws():
-        sqs = boto3.client("sqs", region_name=REGION, **FAKE_AWS)
-        urls = {name: sqs.create_queue(QueueName=name,
-                                       Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
-                for name in ("fresh", "expired")}
-        for url in urls.values():
-            sqs.send_message(QueueUrl=url, MessageBody="hello")
-        (old,) = sqs_backends[DEFAULT_ACCOUNT_ID][REGION].get_queue("expired")._messages
-        old.sent_timestamp -= 61_000
+    sqs = SQSBackend(REGION, DEFAULT_ACCOUNT_ID)
+    for name in ("fresh", "expired"):
+        sqs.create_queue(name, MessageRetentionPeriod="60")
+        sqs.send_message(name, "hello")
+    (old,) = sqs.get_queue("expired")._messages
+    old.sent_timestamp -= 61_000
 
-        def bodies(name: str) -> list[str]:
-            answer = sqs.receive_message(QueueUrl=urls[name], MaxNumberOfMessages=10)
-            return [m["Body"] for m in answer.get("Messages", [])]
+    def bodies(name: str) -> list[str]:
+        return [m.body for m in sqs.receive_message(name, 10, 0, 30)]
 
-        assert bodies("fresh") == ["hello"]
-        assert bodies("expired") == []
+    assert bodies("fresh") == ["hello"]
+    assert bodies("expired") == []

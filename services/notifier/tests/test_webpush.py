@@ -12,8 +12,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import aiohttp
 import http_ece
-import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from chassis.problems import Problem
 from notifier_svc.webpush import (
     MAX_PLAINTEXT,
+    TOKEN_LIFETIME_S,
     Subscription,
     VapidKeys,
     b64url_decode,
@@ -135,7 +136,7 @@ def verified_claims(authorization: str) -> tuple[dict, str]:
 
 async def push(receiver: Receiver, *, timeout_s: float = 5.0, payload: bytes = b"hi"):
     sub = Browser.new().subscription(f"{receiver.origin}/push/abc")
-    async with httpx.AsyncClient() as http:
+    async with aiohttp.ClientSession() as http:
         return await send(http, sub, payload, vapid=VapidKeys.generate(), subject=SUBJECT,
                           ttl_s=60, timeout_s=timeout_s)
 
@@ -143,7 +144,7 @@ async def push(receiver: Receiver, *, timeout_s: float = 5.0, payload: bytes = b
 async def test_a_push_decrypts_to_the_payload_and_carries_a_valid_vapid_token(receiver):
     browser, vapid = Browser.new(), VapidKeys.generate()
     payload = json.dumps({"title": "New follower", "body": "ada followed you"}).encode()
-    async with httpx.AsyncClient() as http:
+    async with aiohttp.ClientSession() as http:
         outcome = await send(http, browser.subscription(f"{receiver.origin}/push/abc"),
                              payload, vapid=vapid, subject=SUBJECT, ttl_s=3600,
                              urgency="high", topic="follows")
@@ -162,6 +163,24 @@ async def test_a_push_decrypts_to_the_payload_and_carries_a_valid_vapid_token(re
     assert claims["sub"] == SUBJECT
 
 
+def test_a_vapid_token_serves_its_push_service_until_half_its_lifetime_is_left(monkeypatch):
+    vapid = VapidKeys.generate()
+
+    def token(endpoint: str) -> str:
+        sub = Browser.new().subscription(endpoint)
+        return build_request(sub, b"x", vapid=vapid, subject=SUBJECT, ttl_s=0)[1][
+            "Authorization"]
+
+    first = token("https://push.example.com/a")
+    assert token("https://push.example.com/b") == first  # one origin, one token
+    assert token("https://push.other.example/a") != first
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + TOKEN_LIFETIME_S / 2 + 1)
+    renewed = token("https://push.example.com/a")
+    assert renewed != first
+    assert verified_claims(renewed)[0]["exp"] > now + TOKEN_LIFETIME_S
+
+
 def test_each_message_gets_a_fresh_salt_and_ephemeral_key():
     sub = Browser.new().subscription("https://push.example.com/x")
     bodies = [build_request(sub, b"same", vapid=VapidKeys.generate(), subject=SUBJECT,
@@ -175,7 +194,7 @@ async def test_a_subscription_may_be_given_as_a_mapping(receiver):
     browser = Browser.new()
     sub = {"endpoint": f"{receiver.origin}/m", "p256dh": browser.p256dh,
            "auth": b64url_encode(browser.auth)}
-    async with httpx.AsyncClient() as http:
+    async with aiohttp.ClientSession() as http:
         outcome = await send(http, sub, b"mapped", vapid=VapidKeys.generate(),
                              subject="https://asyncsns.dev/contact", ttl_s=0)
     assert outcome.kind == "delivered"
@@ -236,7 +255,7 @@ async def test_a_receiver_that_never_answers_is_retried_after_the_timeout(receiv
 
 
 async def test_a_closed_port_is_retried():
-    async with httpx.AsyncClient() as http:
+    async with aiohttp.ClientSession() as http:
         server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         server.close()

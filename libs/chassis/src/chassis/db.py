@@ -3,8 +3,8 @@
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import fcntl
-import functools
 import os
 import re
 from collections.abc import AsyncIterator, Callable
@@ -144,10 +144,17 @@ class Database:
         self._sync_engine: Engine | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._file_lock: WriterLock | None = None
+        self._queue: list[_Queued] = []
+        self._committer: asyncio.Task[None] | None = None
         if self.dialect == "sqlite":
             self._sync_engine = create_engine(parsed.set(drivername="sqlite"),
                                               connect_args={"timeout": 30})
             event.listen(self._sync_engine, "connect", _sqlite_pragmas)
+            # The driver's own transaction handling would let the first RELEASE SAVEPOINT
+            # commit: transactions are begun here instead, taking the write lock at once.
+            event.listen(self._sync_engine, "connect", _driver_leaves_transactions_alone)
+            event.listen(self._sync_engine, "begin",
+                         lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
             if parsed.database and parsed.database != ":memory:":
                 self._file_lock = WriterLock(f"{parsed.database}.writer-lock")
@@ -174,41 +181,92 @@ class Database:
             async with session.begin():
                 yield session
             if session.info.pop("outbox_dirty", False):
-                for hook in self.on_events_committed:
-                    hook()
+                self._events_committed()
 
     async def run(self, unit: Callable[[Connection], T]) -> T:
         """Run a synchronous unit of work in one transaction; returns what it returns.
 
-        On SQLite the whole unit runs on one writer thread: a single hand-off, where
-        aiosqlite makes several per statement (a follow went from ~3.5 ms to ~0.5 ms).
-        Elsewhere it runs over the async driver through `run_sync`.
+        On SQLite units run on one writer thread, and the units that queue up while one
+        group commits are committed together as the next group (group commit): each in its
+        own savepoint, so one that fails leaves nothing behind and the others commit. One
+        hand-off and one lock per group, where aiosqlite made several per statement (a
+        follow went from ~3.5 ms to ~0.5 ms, then to less with groups).
+        Elsewhere a unit runs over the async driver through `run_sync`.
         """
-        if self._sync_engine is not None and self._write_lock is not None:
-            async with self._write_lock:
-                job = functools.partial(contextvars.copy_context().run, self._run_unit, unit)
-                result, staged = await asyncio.get_running_loop().run_in_executor(
-                    self._writer, job)
-        else:
-            try:
-                async with self.engine.begin() as conn:
-                    result, staged = await conn.run_sync(_in_transaction, unit)
-            except Exception:
-                # A cancellation that reaches the unit inside run_sync's greenlet comes out
-                # as a driver error; the caller must still see it as a cancellation.
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from None
-                raise
+        if self._writer is not None:
+            return await self._run_grouped(unit)
+        try:
+            async with self.engine.begin() as conn:
+                result, staged = await conn.run_sync(_in_transaction, unit)
+        except Exception:
+            # A cancellation that reaches the unit inside run_sync's greenlet comes out
+            # as a driver error; the caller must still see it as a cancellation.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from None
+            raise
         if staged:
-            for hook in self.on_events_committed:
-                hook()
+            self._events_committed()
         return result
 
-    def _run_unit(self, unit: Callable[[Connection], T]) -> tuple[T, bool]:
+    async def _run_grouped(self, unit: Callable[[Connection], T]) -> T:
+        queued = _Queued(unit, contextvars.copy_context(),
+                         asyncio.get_running_loop().create_future())
+        self._queue.append(queued)
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_groups())
+        # A caller cancelled before its group starts is left out of it; once it has started,
+        # its unit commits (or not) with the group all the same.
+        return await queued.future
+
+    async def _commit_groups(self) -> None:
+        assert self._write_lock is not None
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            group, self._queue = self._queue[:GROUP_MAX], self._queue[GROUP_MAX:]
+            try:
+                async with self._write_lock:
+                    outcomes, staged = await loop.run_in_executor(
+                        self._writer, self._commit_group, group)
+            except BaseException as exc:
+                for queued in group:
+                    _settle(queued.future, exc)
+                if isinstance(exc, Exception):
+                    continue
+                for queued in self._queue:
+                    queued.future.cancel()
+                raise
+            for queued, outcome in zip(group, outcomes, strict=True):
+                _settle(queued.future, outcome)
+            if staged:
+                self._events_committed()
+
+    def _commit_group(self, group: list["_Queued"]) -> tuple[list[Any], bool]:
+        """On the writer thread: one transaction; each unit's value or exception, and
+        whether any unit that committed staged events."""
         assert self._sync_engine is not None
+        outcomes: list[Any] = []
+        staged = False
         with self._file_lock or contextlib.nullcontext(), self._sync_engine.begin() as conn:
-            return _in_transaction(conn, unit)
+            for queued in group:
+                if queued.future.cancelled():
+                    outcomes.append(None)
+                    continue
+                try:
+                    # A lone unit needs no savepoint: the transaction is its own.
+                    with conn.begin_nested() if len(group) > 1 else contextlib.nullcontext():
+                        value, dirty = queued.context.run(_in_transaction, conn, queued.unit)
+                    outcomes.append(_Value(value))
+                    staged = staged or dirty
+                except Exception as exc:
+                    if len(group) == 1:
+                        raise
+                    outcomes.append(exc)
+        return outcomes, staged
+
+    def _events_committed(self) -> None:
+        for hook in self.on_events_committed:
+            hook()
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -218,6 +276,37 @@ class Database:
             self._sync_engine.dispose()
         if self._file_lock is not None:
             self._file_lock.close()
+
+
+GROUP_MAX = 64  # units per group commit
+
+
+@dataclasses.dataclass(slots=True)
+class _Queued:
+    unit: Callable[[Connection], Any]
+    context: contextvars.Context
+    future: asyncio.Future[Any]
+
+
+@dataclasses.dataclass(slots=True)
+class _Value:
+    value: Any
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
+    """Resolve a queued unit's future with its value, or its exception (or cancellation)."""
+    if future.done():
+        return
+    if isinstance(outcome, _Value):
+        future.set_result(outcome.value)
+    elif isinstance(outcome, asyncio.CancelledError):
+        future.cancel()
+    elif isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+
+
+def _driver_leaves_transactions_alone(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None
 
 
 class WriterLock:

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import Counter, Histogram
 from sqlalchemy import bindparam, delete, select, update
@@ -51,6 +51,7 @@ _DUE = (select(push_jobs.c.id, push_jobs.c.attempts, push_jobs.c.event_id,
         .where(push_jobs.c.status == "pending", push_jobs.c.next_at <= bindparam("now"))
         .order_by(push_jobs.c.next_at).limit(bindparam("limit")))
 _UPDATE_JOB = update(push_jobs).where(push_jobs.c.id == bindparam("job_id"))
+DISPATCH_TICK_S = 0.005
 
 
 class Breaker:
@@ -98,7 +99,7 @@ def payload_of(job: Any) -> dict[str, Any]:
 
 
 class Dispatcher:
-    def __init__(self, *, db: Database, http: httpx.AsyncClient, sns: Any, sqs: Any,
+    def __init__(self, *, db: Database, http: aiohttp.ClientSession, sns: Any, sqs: Any,
                  settings: NotifierSettings, dlq_url: str | None) -> None:
         self.db = db
         self.http = http
@@ -111,38 +112,58 @@ class Dispatcher:
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_open_s)
         self._lease = Lease(db, metadata, "push-dispatcher")
         self._wake = asyncio.Event()
-        self._limit = asyncio.Semaphore(settings.push_concurrency)
+        self._sending: dict[int, asyncio.Task[None]] = {}  # job id -> its push under way
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
-        while True:
-            sent = 0
-            try:
-                if await self._lease.acquire():
-                    sent = await self.dispatch_due()
-            except Exception:
-                log.exception("push dispatch failed; trying again")
-            if sent:
-                continue
-            self._wake.clear()
-            try:
-                async with asyncio.timeout(self.settings.push_poll_interval_s):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+        """Keep up to `push_concurrency` pushes under way, starting each due job as a slot
+        frees (not in rounds that wait for their slowest push)."""
+        try:
+            while True:
+                started = 0
+                try:
+                    if await self._lease.acquire():
+                        started = await self.dispatch_due()
+                except Exception:
+                    log.exception("push dispatch failed; trying again")
+                if started:
+                    continue
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(self.settings.push_poll_interval_s):
+                        await self._wake.wait()
+                except TimeoutError:
+                    continue
+                # Let the pushes that finish and the jobs that come meanwhile gather: one
+                # query for them all rather than one each.
+                await asyncio.sleep(DISPATCH_TICK_S)
+        finally:
+            if self._sending:
+                await asyncio.wait(self._sending.values(), timeout=10)
 
-    async def dispatch_due(self, limit: int = 200) -> int:
-        now = utcnow()
+    async def dispatch_due(self) -> int:
+        """Start due jobs not already under way, as many as slots are free; how many."""
+        free = self.settings.push_concurrency - len(self._sending)
+        if free <= 0:
+            return 0
+        # Taken before the query: a push that finishes while it runs may still be read as
+        # pending (its update committed after the query's snapshot), and must not go twice.
+        under_way = set(self._sending)
+        now, limit = utcnow(), free + len(under_way)
         jobs = await self.db.run(lambda conn: conn.execute(_DUE, {"now": now,
                                                                   "limit": limit}).all())
-        await asyncio.gather(*(self._bounded(job) for job in jobs))
-        return len(jobs)
+        fresh = [job for job in jobs if job.id not in under_way][:free]
+        for job in fresh:
+            task = asyncio.create_task(self._deliver(job))
+            self._sending[job.id] = task
+            task.add_done_callback(lambda _t, job_id=job.id: self._sent(job_id))
+        return len(fresh)
 
-    async def _bounded(self, job: Any) -> None:
-        async with self._limit:
-            await self._deliver(job)
+    def _sent(self, job_id: int) -> None:
+        self._sending.pop(job_id, None)
+        self.wake()
 
     async def _deliver(self, job: Any) -> None:
         if job.seq <= job.read_seq:

@@ -2,7 +2,7 @@
 
 import asyncio
 
-import httpx
+import aiohttp
 from fastapi import FastAPI
 
 from chassis.app import ServiceSpec, create_app
@@ -33,9 +33,9 @@ def build_app(settings: NotifierSettings | None = None) -> FastAPI:
         app.state.streams = Streams(app.state.redis)
         # Its own pool, as wide as the pushes in flight: connections to a push service are
         # reused instead of closed when more run at once than the shared client keeps.
-        http = await app.state.exit_stack.enter_async_context(httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=2 * settings.push_concurrency,
-                                max_keepalive_connections=settings.push_concurrency)))
+        http = await app.state.exit_stack.enter_async_context(aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=2 * settings.push_concurrency),
+            timeout=aiohttp.ClientTimeout(total=None)))
         dispatcher = Dispatcher(db=app.state.db, http=http, sns=sns, sqs=sqs,
                                 settings=settings, dlq_url=dlq)
         holder["dispatcher"] = app.state.dispatcher = dispatcher

@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,10 +26,6 @@ from .settings import ServiceSettings
 from .tracing import configure_tracing
 
 log = logging.getLogger("chassis.app")
-# How long a thread waiting for the GIL (the SQLite writer after each statement, which
-# releases it) waits before the busy event loop must hand it over; CPython's default is 5 ms,
-# which under load made every statement of a write wait that long.
-GIL_SWITCH_INTERVAL_S = 0.0005
 Hook = Callable[[FastAPI], Awaitable[None]]
 
 
@@ -78,7 +73,6 @@ def create_app(settings: ServiceSettings, spec: ServiceSpec) -> FastAPI:
 
 async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
                  stack: contextlib.AsyncExitStack) -> None:
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     configure_logging(spec.name, level=settings.log_level, json=settings.log_json)
     configure_tracing(spec.name)
     db = Database(settings.database_url)

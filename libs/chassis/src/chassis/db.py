@@ -190,7 +190,7 @@ class Database:
         group commits are committed together as the next group (group commit): each in its
         own savepoint, so one that fails leaves nothing behind and the others commit. One
         hand-off and one lock per group, where aiosqlite made several per statement (a
-        follow went from ~3.5 ms to ~0.5 ms, then to less with groups).
+        follow went from ~3.5 ms to ~0.5 ms in process).
         Elsewhere a unit runs over the async driver through `run_sync`.
         """
         if self._writer is not None:

@@ -3,6 +3,7 @@
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -125,3 +126,61 @@ def test_the_sqs_shortcuts_keep_moto_answers() -> None:
 
     assert bodies("fresh") == ["hello"]
     assert bodies("expired") == []
+
+
+def counts(sqs: SQSBackend, name: str) -> tuple[str, str, str]:
+    attributes = sqs.get_queue_attributes(name, ["All"])
+    return tuple(str(attributes[f"ApproximateNumberOfMessages{kind}"])
+                 for kind in ("", "Delayed", "NotVisible"))
+
+
+def test_the_sqs_shortcuts_count_receive_and_delete_as_moto_does() -> None:
+    take_sqs_shortcuts()
+    sqs = SQSBackend(REGION, DEFAULT_ACCOUNT_ID)
+    sqs.create_queue("q")
+    for body in ("a", "b", "c"):
+        sqs.send_message("q", body)
+    sqs.send_message("q", "later", delay_seconds=60)
+    assert counts(sqs, "q") == ("3", "1", "0")
+
+    first, second = sqs.receive_message("q", 2, 0, 0)  # visible again at once
+    assert (first.body, second.body) == ("a", "b")
+    stale = first.receipt_handle
+    (again,) = sqs.receive_message("q", 1, 0, 30)  # "a" again, with a new handle
+    assert again.body == "a" and again.receipt_handle != stale
+    assert counts(sqs, "q") == ("2", "1", "1")
+
+    ok, failed = sqs.delete_message_batch("q", [
+        {"Id": "old", "ReceiptHandle": stale},  # a message's earlier handle deletes it
+        {"Id": "twice", "ReceiptHandle": again.receipt_handle},  # already gone: fine
+        {"Id": "b", "ReceiptHandle": second.receipt_handle},
+        {"Id": "bogus", "ReceiptHandle": "not-a-handle"}])
+    assert ok == ["old", "twice", "b"]
+    assert [(f["Id"], f["Code"]) for f in failed] == [("bogus", "ReceiptHandleIsInvalid")]
+    assert [m.body for m in sqs.get_queue("q")._messages] == ["c", "later"]
+    assert counts(sqs, "q") == ("1", "1", "0")
+
+
+def test_deletes_racing_sends_lose_nothing() -> None:
+    """Deletes rebuild the message list under the queue's lock: concurrent sends are kept."""
+    take_sqs_shortcuts()
+    sqs = SQSBackend(REGION, DEFAULT_ACCOUNT_ID)
+    sqs.create_queue("busy")
+    for i in range(2000):
+        sqs.send_message("busy", f"old-{i}")
+    received = []
+    while len(received) < 2000:
+        received += sqs.receive_message("busy", 10, 0, 300)
+
+    def send() -> None:
+        for i in range(2000):
+            sqs.send_message("busy", f"new-{i}")
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    for start in range(0, len(received), 10):
+        sqs.delete_message_batch("busy", [{"Id": str(i), "ReceiptHandle": m.receipt_handle}
+                                          for i, m in enumerate(received[start:start + 10])])
+    sender.join()
+    assert sorted(m.body for m in sqs.get_queue("busy")._messages) == sorted(
+        f"new-{i}" for i in range(2000))

@@ -160,18 +160,25 @@ class Consumer:
         self._visibility = visibility_timeout_s
         self._decode = decode
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._busy = 0  # received messages not yet applied
+        self._freed = asyncio.Event()
         self._to_delete: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.healthy = True
 
     async def run(self) -> None:
-        """Receive and dispatch until cancelled; in-flight messages finish first."""
+        """Receive and dispatch until cancelled; in-flight messages finish first.
+
+        A receive asks for a batch once that many slots are free (up to ten, the SQS most),
+        not for the one or two that free up as messages finish: fewer, fuller receives."""
         backoff = 1.0
+        batch = max(1, min(10, self._concurrency // 2))
         try:
             while True:
-                free = self._concurrency - len(self._in_flight)
-                if free <= 0:
-                    await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+                free = self._concurrency - self._busy
+                if free < batch:
+                    self._freed.clear()
+                    await self._freed.wait()
                     continue
                 try:
                     response = await self._sqs.receive_message(
@@ -189,7 +196,8 @@ class Consumer:
                     backoff = min(backoff * 2, 30.0)
                     continue
                 for message in response.get("Messages", []):
-                    task = asyncio.create_task(self.handle(message))
+                    self._busy += 1
+                    task = asyncio.create_task(self._take(message))
                     self._in_flight.add(task)
                     task.add_done_callback(self._in_flight.discard)
         finally:
@@ -199,6 +207,21 @@ class Consumer:
 
     async def handle(self, message: dict[str, Any]) -> str:
         """Handle one message; returns the outcome (handled, duplicate, ignored, failed)."""
+        outcome = await self._apply(message)
+        await self._settle(message, outcome)
+        return outcome
+
+    async def _take(self, message: dict[str, Any]) -> None:
+        """`handle` for a received message: its slot frees once the message is applied,
+        while its delete waits to go out in a batch."""
+        try:
+            outcome = await self._apply(message)
+        finally:
+            self._busy -= 1
+            self._freed.set()
+        await self._settle(message, outcome)
+
+    async def _apply(self, message: dict[str, Any]) -> str:
         async with self._sem:
             heartbeat = asyncio.create_task(self._keep_hidden(message))
             try:
@@ -211,10 +234,12 @@ class Consumer:
                 heartbeat.cancel()
             if outcome == "failed":
                 await self._retry_later(message)
+        return outcome
+
+    async def _settle(self, message: dict[str, Any], outcome: str) -> None:
         if outcome != "failed":
             await self._delete(message)
         CONSUMED.labels(self.service, self.name, outcome).inc()
-        return outcome
 
     async def _process(self, message: dict[str, Any]) -> str:
         delivery = unwrap(message)

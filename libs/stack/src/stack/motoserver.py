@@ -25,14 +25,13 @@ from typing import Any
 import moto
 from joserfc import jwk
 from moto.backends import get_backend
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication,
-    MotoRequestHandler,
-    create_backend_app,
-)
-from werkzeug.serving import make_server
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from waitress.server import create_server
 
 PERSISTED = ("cognito-idp", "sns", "sqs", "s3")
+# Each long poll (ReceiveMessage waiting up to 20 s) holds a thread: one per consumer loop of
+# the whole stack, and room for the calls beside them.
+THREADS = 96
 _LOCKS = (type(threading.Lock()), type(threading.RLock()))
 
 log = logging.getLogger("stack.motoserver")
@@ -256,18 +255,22 @@ def serve(host: str, port: int, state: Path, interval_s: float,
     take_sqs_shortcuts()
     load(state)
     tracker = _ChangeTracker(_ScopedDispatcher())
-    server = make_server(host, port, tracker, threaded=True, request_handler=MotoRequestHandler)
-    threading.Thread(target=server.serve_forever, name="moto", daemon=True).start()
+    # Not moto's own server (werkzeug's): that closes the connection after every response,
+    # so each AWS call paid for a new connection and a new thread (a third of moto's CPU).
+    server = create_server(tracker, host=host, port=port, threads=THREADS, ident="moto",
+                           connection_limit=4096, asyncore_use_poll=True,
+                           channel_timeout=300)
+    threading.Thread(target=server.run, name="moto", daemon=True).start()
     if port_file:
         # Port 0 plus this file: no window in which another process can take a chosen port.
         tmp = port_file.with_name(f".{port_file.name}.tmp")
-        tmp.write_text(str(server.server_port))
+        tmp.write_text(str(server.effective_port))
         tmp.replace(port_file)
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     log.info("moto %s listening on %s:%s, state in %s", moto.__version__, host,
-             server.server_port, state)
+             server.effective_port, state)
     while not stopping.wait(interval_s):
         if tracker.changed.is_set():
             tracker.changed.clear()
@@ -275,7 +278,7 @@ def serve(host: str, port: int, state: Path, interval_s: float,
                 save(state)
             except Exception:
                 log.exception("periodic save failed; will retry")
-    server.shutdown()
+    server.close()
     save(state)
     log.info("saved moto state to %s", state)
 
@@ -291,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    logging.getLogger("waitress").setLevel(logging.WARNING)
     serve(args.host, args.port, args.state, args.save_interval, args.port_file)
 
 

@@ -113,6 +113,7 @@ class Dispatcher:
         self._lease = Lease(db, metadata, "push-dispatcher")
         self._wake = asyncio.Event()
         self._sending: dict[int, asyncio.Task[None]] = {}  # job id -> its push under way
+        self._pushing = 0  # of those, how many are still waiting for the provider
 
     def wake(self) -> None:
         self._wake.set()
@@ -145,40 +146,53 @@ class Dispatcher:
 
     async def dispatch_due(self) -> int:
         """Start due jobs not already under way, as many as slots are free; how many."""
-        free = self.settings.push_concurrency - len(self._sending)
+        free = self.settings.push_concurrency - self._pushing
         if free <= 0:
             return 0
-        # Taken before the query: a push that finishes while it runs may still be read as
-        # pending (its update committed after the query's snapshot), and must not go twice.
+        # Taken before the query: a job whose outcome is still being recorded may be read
+        # as pending (its update commits after the query's snapshot), and must not go twice.
         under_way = set(self._sending)
-        now, limit = utcnow(), free + len(under_way)
-        jobs = await self.db.run(lambda conn: conn.execute(_DUE, {"now": now,
-                                                                  "limit": limit}).all())
+        # A read: it does not wait for the writer (on SQLite, behind the consumers' groups).
+        async with self.db.engine.connect() as conn:
+            jobs = (await conn.execute(_DUE, {"now": utcnow(),
+                                              "limit": free + len(under_way)})).all()
         fresh = [job for job in jobs if job.id not in under_way][:free]
         for job in fresh:
+            self._pushing += 1
             task = asyncio.create_task(self._deliver(job))
             self._sending[job.id] = task
-            task.add_done_callback(lambda _t, job_id=job.id: self._sent(job_id))
+            task.add_done_callback(lambda _t, job_id=job.id: self._sending.pop(job_id, None))
         return len(fresh)
 
-    def _sent(self, job_id: int) -> None:
-        self._sending.pop(job_id, None)
-        self.wake()
-
     async def _deliver(self, job: Any) -> None:
-        if job.seq <= job.read_seq:
-            await self._finish(job, "done", "read on another device before it was pushed")
-            return
+        """Push, free the slot, then record the outcome: the slot is not held while the
+        write waits its turn, and the job stays under way until the write has committed."""
+        try:
+            outcome = await self._push(job)
+        finally:
+            self._pushing -= 1
+            self.wake()
+        await self._record(job, outcome)
+
+    async def _push(self, job: Any) -> webpush.Outcome | None:
+        """The attempt's outcome; None when nothing was sent (read already, or the provider's
+        circuit is open)."""
+        if job.seq <= job.read_seq or not self.breaker.allows(_provider(job)):
+            return None
         provider = _provider(job)
-        if not self.breaker.allows(provider):
-            await self._later(job, self.settings.breaker_open_s / 2, count=False)
-            return
         started = time.perf_counter()
         outcome = await (self._webpush(job) if job.kind == "webpush" else self._mobile(job))
         PUSH_LATENCY.labels(provider).observe(time.perf_counter() - started)
         PUSHES.labels(provider, outcome.kind).inc()
         self.breaker.record(provider, outcome.kind != "retry")
-        if outcome.kind == "delivered":
+        return outcome
+
+    async def _record(self, job: Any, outcome: webpush.Outcome | None) -> None:
+        if outcome is None and job.seq <= job.read_seq:
+            await self._finish(job, "done", "read on another device before it was pushed")
+        elif outcome is None:
+            await self._later(job, self.settings.breaker_open_s / 2, count=False)
+        elif outcome.kind == "delivered":
             await self._finish(job, "done", None)
         elif outcome.kind == "gone":
             log.info("subscription %s is gone (%s); removing it", job.subscription_id,

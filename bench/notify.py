@@ -81,8 +81,13 @@ class Stack:
     settings: NotifierSettings
     children: dict[str, Child]
 
-    def pids(self) -> dict[str, int]:
-        return {name: child.proc.pid for name, child in self.children.items() if child.proc}
+    def pids(self) -> dict[str, list[int]]:
+        """The processes' ids by role (the notifier's replicas together)."""
+        found: dict[str, list[int]] = {}
+        for name, child in self.children.items():
+            if child.proc:
+                found.setdefault(name.split("-")[0], []).append(child.proc.pid)
+        return found
 
     def log_tail(self) -> str:
         child = self.children["notifier"]
@@ -120,9 +125,10 @@ def _provision(moto_url: str) -> CognitoPool:
 
 
 @contextlib.contextmanager
-def servers(workdir: Path, overrides: dict[str, str]) -> Iterator[Stack]:
-    """Start redis-server and moto, make the queues and a user pool, start the notifier on
-    them; stop all three afterwards (the notifier first)."""
+def servers(workdir: Path, overrides: dict[str, str], replicas: int = 1) -> Iterator[Stack]:
+    """Start redis-server and moto, make the queues and a user pool, start the notifier's
+    replicas on them (one SQLite file, as the launcher runs replicas); stop them all
+    afterwards (the notifier first)."""
     if not shutil.which("redis-server"):
         raise SystemExit("redis-server is not installed: run `make deps`")
     children: dict[str, Child] = {}
@@ -148,18 +154,19 @@ def servers(workdir: Path, overrides: dict[str, str]) -> Iterator[Stack]:
             vapid_private_key=private, vapid_public_key=public,
             allow_private_push_endpoints=True, log_json=False, log_level="WARNING",
             **{name.lower(): value for name, value in overrides.items()})
-        port = free_port()
-        children["notifier"] = _child(workdir, "notifier", [
-            sys.executable, "-m", "uvicorn", "--factory", "notifier_svc.main:build_app",
-            "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
-            {**os.environ, **_environment(settings)})
-        notifier_url = f"http://127.0.0.1:{port}"
-        wait_until(answers_ok(f"{notifier_url}/readyz"), "the notifier to be ready",
-                   time.monotonic() + 60, list(children.values()))
-        yield Stack(moto_url, notifier_url, db_path, settings, children)
+        urls = []
+        for replica in range(1, replicas + 1):
+            name, port = "notifier" if replica == 1 else f"notifier-{replica}", free_port()
+            children[name] = _child(workdir, name, [
+                sys.executable, "-m", "uvicorn", "--factory", "notifier_svc.main:build_app",
+                "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+                {**os.environ, **_environment(settings)})
+            urls.append(f"http://127.0.0.1:{port}")
+            wait_until(answers_ok(f"{urls[-1]}/readyz"), f"{name} to be ready",
+                       time.monotonic() + 60, list(children.values()))
+        yield Stack(moto_url, urls[0], db_path, settings, children)
     finally:
-        if "notifier" in children:
-            stop([children.pop("notifier")])
+        stop([children.pop(n) for n in list(children) if n.startswith("notifier")])
         stop(list(children.values())[::-1], deadline_s=30)
 
 
@@ -367,13 +374,13 @@ class Meter:
     def __init__(self, stack: Stack, sqs: Any, call_url: str,
                  progress: Callable[[], tuple[int, int]]) -> None:
         self.stack, self.sqs, self.call_url, self.progress = stack, sqs, call_url, progress
-        self.pids = {**stack.pids(), "bench": os.getpid()}
+        self.pids = {**stack.pids(), "bench": [os.getpid()]}
         self.idle = dict.fromkeys(self.NAMES, 0.0)
         self.started, self.cpu, self.machine = time.monotonic(), self._cpu(), machine_cpu()
         self.most_queued = self.most_pending = 0
 
     def _cpu(self) -> dict[str, float]:
-        return {name: cpu_seconds([self.pids[name]]) for name in self.NAMES}
+        return {name: cpu_seconds(self.pids[name]) for name in self.NAMES}
 
     async def measure_idle(self, seconds: float = 3.0) -> None:
         """Each process's share of a core with no load (long polls, timers)."""
@@ -548,7 +555,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> None:
         await introduce(sqs, devices)
         await subscribe(stack.notifier_url, devices, receiving.url)
         s = stack.settings
-        print(f"notifier: own process (uvicorn, SQLite; consumer_concurrency "
+        print(f"notifier: {args.replicas} process(es) (uvicorn, SQLite; consumer_concurrency "
               f"{s.consumer_concurrency}, consumer_wait_time_s {s.consumer_wait_time_s}, "
               f"push_concurrency {s.push_concurrency}); moto (stack.motoserver) and "
               f"redis-server: own processes; load and push receiver: this process")
@@ -592,6 +599,7 @@ def main() -> None:
     parser.add_argument("--drain-s", type=float, default=60,
                         help="after the last send, wait at most this long for the pushes")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--replicas", type=int, default=1, help="notifier processes")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a notifier setting, e.g. PUSH_CONCURRENCY=64 (repeatable)")
     args = parser.parse_args()
@@ -599,7 +607,7 @@ def main() -> None:
         parser.error("--users: at least 2 (a call goes from one user to another)")
     overrides = dict(item.split("=", 1) for item in args.set)
     with tempfile.TemporaryDirectory(prefix="asyncsns-notify-") as workdir, \
-            servers(Path(workdir), overrides) as stack:
+            servers(Path(workdir), overrides, args.replicas) as stack:
         asyncio.run(measure(stack, args))
 
 

@@ -23,7 +23,8 @@ from .tracing import span_from
 log = logging.getLogger("chassis.consumer")
 
 MAX_RECEIVES = 5
-DELETE_LINGER_S = 0.01
+# Deletes wait this long for others to share their batch call (the slot is already free).
+DELETE_LINGER_S = 0.05
 
 
 class _Duplicate(Exception):

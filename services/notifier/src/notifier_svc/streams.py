@@ -19,6 +19,8 @@ class Streams:
     def __init__(self, redis: Redis | None) -> None:
         self.redis = redis
         self._waiting: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._unpublished: set[str] = set()
+        self._publisher: asyncio.Task[None] | None = None
 
     def listen(self, user_id: str) -> asyncio.Event:
         event = asyncio.Event()
@@ -38,15 +40,26 @@ class Streams:
                 event.set()
 
     async def changed(self, user_ids: list[str]) -> None:
-        """These users' inboxes changed: wake their streams on every replica."""
+        """These users' inboxes changed: wake their streams here at once, and on the other
+        replicas through Redis. The users that change while one publish is under way go out
+        together in the next (one publish per event took 6 % of the notifier's CPU at 250
+        events/s)."""
         self._wake(user_ids)
         if self.redis is None:
             return
-        try:
-            await self.redis.publish(CHANNEL, json.dumps(user_ids))
-        except Exception:
-            log.warning("could not tell other replicas about %d inboxes", len(user_ids),
-                        exc_info=True)
+        self._unpublished.update(user_ids)
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.create_task(self._publish())
+
+    async def _publish(self) -> None:
+        assert self.redis is not None
+        while self._unpublished:
+            user_ids, self._unpublished = sorted(self._unpublished), set()
+            try:
+                await self.redis.publish(CHANNEL, json.dumps(user_ids))
+            except Exception:
+                log.warning("could not tell other replicas about %d inboxes", len(user_ids),
+                            exc_info=True)
 
     async def run(self) -> None:
         if self.redis is None:

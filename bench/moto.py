@@ -107,7 +107,8 @@ def run(pid: int, endpoint: str, events: int, queues: int, backlog: int) -> str:
     after = cpu_seconds(pid)
     pub = [pct([1000 * s for s in published], p) for p in (50, 99)]
     rec = [pct([1000 * s for s in received], p) for p in (50, 99)]
-    return (f"{queues} queues, {backlog:>5} waiting   publish {events / published_s:6.0f} events/s, "
+    return (f"{queues} queues, {backlog:>5} waiting   "
+            f"publish {events / published_s:6.0f} events/s, "
             f"moto {1000 * (middle - before) / events:5.2f} ms CPU per event, "
             f"batch call p50 {pub[0]:5.1f} p99 {pub[1]:6.1f} ms   |   receive+delete: moto "
             f"{1000 * (after - middle) / ((events + backlog) * queues):5.2f} ms CPU per message, "

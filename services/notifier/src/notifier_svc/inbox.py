@@ -33,15 +33,14 @@ from .models import (
 TYPES = ("follow", "mention", "reply", "like", "chat_message", "call")
 ACTORS_KEPT = 10
 _USER, _ACTOR = bindparam("user"), bindparam("actor")
-_SILENCED = select(or_(
-    exists().where(blocks.table.c.blocker_id == _USER, blocks.table.c.blocked_id == _ACTOR,
-                   blocks.table.c.blocked),
-    exists().where(mutes.table.c.muter_id == _USER, mutes.table.c.muted_id == _ACTOR,
-                   mutes.table.c.muted)))
-_PREFERENCES = select(preferences.c.types).where(preferences.c.user_id == _USER)
-_NEXT_SEQ = (update(inboxes).where(inboxes.c.user_id == _USER)
-             .values(last_seq=inboxes.c.last_seq + 1)
-             .returning(inboxes.c.last_seq, inboxes.c.read_seq))
+# Whether the user blocked or muted the actor, and the user's types turned on or off: one query.
+_GATE = select(
+    or_(exists().where(blocks.table.c.blocker_id == _USER, blocks.table.c.blocked_id == _ACTOR,
+                       blocks.table.c.blocked),
+        exists().where(mutes.table.c.muter_id == _USER, mutes.table.c.muted_id == _ACTOR,
+                       mutes.table.c.muted)).label("silenced"),
+    select(preferences.c.types).where(preferences.c.user_id == _USER)
+    .scalar_subquery().label("types"))
 _UNREAD_GROUP = (select(notifications).where(
     notifications.c.user_id == _USER, notifications.c.group_key == bindparam("group_key"),
     notifications.c.seq > bindparam("read_seq")).with_for_update())
@@ -58,18 +57,23 @@ def ensure_inbox(conn: Connection, user_id: str) -> None:
         user_id=user_id, last_seq=0, read_seq=0).on_conflict_do_nothing())
 
 
+def next_seq(conn: Connection, user_id: str) -> tuple[int, int]:
+    """Take the user's next seq (making their inbox if need be); with their read seq."""
+    statement = dialect_insert(conn, inboxes).values(user_id=user_id, last_seq=1, read_seq=0)
+    return tuple(conn.execute(statement.on_conflict_do_update(
+        index_elements=[inboxes.c.user_id], set_={"last_seq": inboxes.c.last_seq + 1})
+        .returning(inboxes.c.last_seq, inboxes.c.read_seq)).one())
+
+
 def notify(conn: Connection, *, user_id: str, kind: str, actor_id: str,
            subject: dict[str, Any], event_id: str, group_key: str | None = None) -> bool:
     """Tell `user_id` that `actor_id` did `kind`; False if they are not to be told."""
     if user_id == actor_id:
         return False
-    if conn.execute(_SILENCED, {"user": user_id, "actor": actor_id}).scalar():
+    silenced, types = conn.execute(_GATE, {"user": user_id, "actor": actor_id}).one()
+    if silenced or (types or {}).get(kind) is False:
         return False
-    types = conn.execute(_PREFERENCES, {"user": user_id}).scalar() or {}
-    if types.get(kind) is False:
-        return False
-    ensure_inbox(conn, user_id)
-    seq, read_seq = conn.execute(_NEXT_SEQ, {"user": user_id}).one()
+    seq, read_seq = next_seq(conn, user_id)
     now = utcnow()
     grouped = group_key and conn.execute(_UNREAD_GROUP, {
         "user": user_id, "group_key": group_key, "read_seq": read_seq}).first()

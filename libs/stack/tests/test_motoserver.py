@@ -11,10 +11,12 @@ from pathlib import Path
 
 import boto3
 from moto.core import DEFAULT_ACCOUNT_ID
+from moto.sns.models import sns_backends
 from moto.sqs.models import SQSBackend
 
 from chassis.testing import FAKE_AWS, REGION, free_port, wait_for_port
-from stack.motoserver import take_sqs_shortcuts
+from stack import motoserver
+from stack.motoserver import keep_published_few, take_sqs_shortcuts
 from stack.provision import provision
 from stack.topology import TOPOLOGY
 
@@ -184,3 +186,31 @@ def test_deletes_racing_sends_lose_nothing() -> None:
     sender.join()
     assert sorted(m.body for m in sqs.get_queue("busy")._messages) == sorted(
         f"new-{i}" for i in range(2000))
+
+
+def test_what_moto_keeps_of_deleted_and_published_messages_is_bounded(monkeypatch) -> None:
+    """moto never trimmed the handles of deleted messages nor the list of published ones:
+    memory and the snapshot grew with every message. The newest few are kept."""
+    take_sqs_shortcuts()
+    keep_published_few()
+    monkeypatch.setattr(motoserver, "KEPT_HANDLES", 50)
+    sqs = SQSBackend(REGION, DEFAULT_ACCOUNT_ID)
+    sqs.create_queue("churn")
+    handles = []
+    for i in range(200):
+        sqs.send_message("churn", f"m{i}")
+        (message,) = sqs.receive_message("churn", 1, 0, 30)
+        sqs.delete_message_batch("churn", [{"Id": "1", "ReceiptHandle": message.receipt_handle}])
+        handles.append(message.receipt_handle)
+    queue = sqs.get_queue("churn")
+    assert len(queue.deleted_messages) == 50 and handles[-1] in queue.deleted_messages
+    queue.delete_message(handles[-1])  # a repeated delete of a recent message still succeeds
+
+    sns = sns_backends[DEFAULT_ACCOUNT_ID][REGION]  # topics are looked up there
+    topic = sns.create_topic("bounded-test")
+    try:
+        ids = [topic.publish(f"event {i}") for i in range(500)]
+    finally:
+        sns.delete_topic(topic.arn)
+    kept = [sent[0] for sent in topic.sent_notifications]
+    assert len(kept) <= 2 * motoserver.KEPT_PUBLISHED and kept == ids[-len(kept):]

@@ -10,6 +10,7 @@ from typing import Any
 
 import aioboto3
 import httpx
+from botocore.config import Config
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -115,7 +116,11 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
     consumers = {queue: handlers for queue, handlers in spec.consumers.items()
                  if not settings.consume_queues or queue in settings.consume_queues}
     if consumers:
-        sqs = await stack.enter_async_context(app.state.aws.client("sqs", **aws_kwargs))
+        # Each consumer keeps one connection in a 20 s long poll; botocore's default pool of
+        # ten would make the deletes and the other queues' receives wait for one.
+        pool = Config(max_pool_connections=len(consumers) + 10)
+        sqs = await stack.enter_async_context(
+            app.state.aws.client("sqs", config=pool, **aws_kwargs))
         for queue, handlers in consumers.items():
             url = (await sqs.get_queue_url(QueueName=settings.queue_prefix + queue))["QueueUrl"]
             consumer = Consumer(

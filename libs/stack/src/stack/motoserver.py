@@ -142,6 +142,40 @@ class _ScopedDispatcher(DomainDispatcherApplication):
         return app
 
 
+KEPT_HANDLES = 10_000  # receipt handles of deleted messages remembered per queue
+KEPT_PUBLISHED = 100  # messages moto keeps per SNS topic for inspection
+
+
+class RecentHandles(dict[str, None]):
+    """The receipt handles of deleted messages, the newest `KEPT_HANDLES` of them: what moto
+    keeps as a set (`in`, `update`) and never trims."""
+
+    def update(self, handles: Any = (), /, **_: Any) -> None:  # type: ignore[override]
+        for handle in handles:
+            self[handle] = None
+        while len(self) > KEPT_HANDLES:
+            del self[next(iter(self))]
+
+
+def keep_published_few() -> None:
+    """moto appends every message published to an SNS topic to a list it never trims (for
+    tests that inspect it); only the newest `KEPT_PUBLISHED` are kept."""
+    import moto.sns.models as sns
+
+    publish = sns.Topic.publish
+    if getattr(publish, "trimmed", False):
+        return
+
+    def publish_and_trim(topic: Any, *args: Any, **kwargs: Any) -> str:
+        message_id = publish(topic, *args, **kwargs)
+        if len(topic.sent_notifications) > 2 * KEPT_PUBLISHED:
+            del topic.sent_notifications[:-KEPT_PUBLISHED]
+        return message_id
+
+    publish_and_trim.trimmed = True  # type: ignore[attr-defined]
+    sns.Topic.publish = publish_and_trim
+
+
 def take_sqs_shortcuts() -> None:
     """moto's SQS hot paths, made cheap without changing what they answer.
 
@@ -161,6 +195,9 @@ def take_sqs_shortcuts() -> None:
       the lock. What each entry answers is still decided by moto.
     - For each message handed out, the retention check computed all of the queue's
       attributes (three counts again); the period is one field.
+    - Every receipt handle of every message ever deleted was kept (a delete repeated with
+      an old handle succeeds): the newest `KEPT_HANDLES` per queue are kept, so memory and
+      the periodic snapshot stop growing with the number of messages ever sent.
     """
     import moto.sqs.models as sqs
 
@@ -211,6 +248,8 @@ def take_sqs_shortcuts() -> None:
     def take_out(queue: Any, handles: set[str]) -> None:
         """Remove the messages that ever had one of these receipt handles, as moto does."""
         with queue._messages_lock:
+            if not isinstance(queue.deleted_messages, RecentHandles):
+                queue.deleted_messages = RecentHandles(queue.deleted_messages)
             kept = []
             for m in queue._messages:
                 if m.receipt_handle in handles or not handles.isdisjoint(m._old_receipt_handles):
@@ -253,6 +292,7 @@ def serve(host: str, port: int, state: Path, interval_s: float,
     """Serve until SIGTERM/SIGINT, saving every interval when requests came, and on the way out."""
     state.parent.mkdir(parents=True, exist_ok=True)
     take_sqs_shortcuts()
+    keep_published_few()
     load(state)
     tracker = _ChangeTracker(_ScopedDispatcher())
     # Not moto's own server (werkzeug's): that closes the connection after every response,

@@ -41,7 +41,9 @@ def embedded_stack(port: int, replicas: str | None) -> Iterator[tuple[str, Path]
         wait_healthy(base_url)
         yield base_url, Path(data_dir)
     finally:
-        os.killpg(process.pid, signal.SIGINT)
+        # SIGTERM, not SIGINT: a bench started in the background of a script inherits
+        # SIGINT ignored, and so would the launcher, which then never stopped its children.
+        os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -120,7 +120,7 @@ def test_every_subscription_filters_on_event_type_with_raw_delivery(deployment):
         if sub.archive:
             assert "FilterPolicy" not in props
         else:
-            assert props["FilterPolicy"] == {"event_type": sorted(sub.event_types)}
+            assert props["FilterPolicy"] == sub.filter_policy
 
 
 def test_queues_take_messages_from_their_one_source_only(deployment):

@@ -17,12 +17,12 @@ from . import plan
 
 
 def filter_policy(sub: Subscription) -> dict[str, sns.SubscriptionFilter] | None:
-    """The subscription's filter on the relay's `event_type` attribute; archive queues take
-    every event of their topic."""
-    if sub.archive:
+    """The subscription's filter on the relay's attributes (`event_type` and any routing
+    attribute it requires); archive queues take every event of their topic."""
+    if sub.filter_policy is None:
         return None
-    return {"event_type": sns.SubscriptionFilter.string_filter(
-        allowlist=sorted(sub.event_types))}
+    return {name: sns.SubscriptionFilter.string_filter(allowlist=values)
+            for name, values in sub.filter_policy.items()}
 
 
 class MessagingStack(Stack):

@@ -1,5 +1,6 @@
 """The provisioner against a real moto server: idempotent, filtered, with DLQs and a pool."""
 
+import dataclasses
 import json
 import uuid
 
@@ -87,6 +88,30 @@ def test_only_filtered_event_types_reach_the_queue(moto_endpoint: str,
     received = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
     bodies = [json.loads(m["Body"]) for m in received.get("Messages", [])]
     assert bodies == [{"type": "alpha.created"}]  # raw delivery: the body is the message itself
+
+
+def test_a_required_routing_attribute_narrows_the_filter(moto_endpoint: str,
+                                                        topology: Topology) -> None:
+    """`require`: of the wanted type, only events carrying the routing attribute arrive."""
+    alpha, beta = topology.services
+    sub = Subscription(queue=beta.subscriptions[0].queue, topic=alpha.name,
+                       event_types=("alpha.created",), require=(("push", "yes"),))
+    narrowed = dataclasses.replace(topology, services=(
+        alpha, dataclasses.replace(beta, subscriptions=(sub,))))
+    assert sub.filter_policy == {"event_type": ["alpha.created"], "push": ["yes"]}
+    outputs = provision(topology, moto_endpoint, REGION)
+    assert provision(narrowed, moto_endpoint, REGION) == outputs  # the filter is updated
+    sns, sqs = client("sns", moto_endpoint), client("sqs", moto_endpoint)
+    for n, push in enumerate((None, "yes", "no")):
+        attributes = {"event_type": {"DataType": "String", "StringValue": "alpha.created"}}
+        if push:
+            attributes["push"] = {"DataType": "String", "StringValue": push}
+        sns.publish(TopicArn=outputs["topics"][alpha.name], Message=json.dumps({"n": n}),
+                    MessageAttributes=attributes)
+
+    received = sqs.receive_message(QueueUrl=outputs["queues"][sub.queue],
+                                   MaxNumberOfMessages=10, WaitTimeSeconds=1)
+    assert [json.loads(m["Body"]) for m in received.get("Messages", [])] == [{"n": 1}]
 
 
 def test_user_pool_lets_a_confirmed_user_log_in_with_a_password(moto_endpoint: str,

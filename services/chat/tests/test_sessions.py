@@ -11,10 +11,11 @@ import websockets
 from jose import jwk, jwt
 
 from chassis.events import new_event
-from chassis.testing import assert_problem, aws_client
+from chassis.testing import EventTap, assert_problem, aws_client, subscribe_queue
 from chat_svc import commands
 from chat_svc.actions import message_frame
 from profile_svc import events as profile_events
+from stack.topology import TOPOLOGY
 
 from .conftest import messages_in
 
@@ -158,7 +159,13 @@ async def test_after_redis_restarts_every_session_catches_up_exactly_once(
 
 
 async def test_offline_members_are_marked_for_push_and_online_ones_are_not(
-        replicas, user, api, connect, tap):
+        replicas, user, api, connect, tap, moto_endpoint, names):
+    # The notifier's subscription, with its filter as deployed: only messages to push.
+    (notifier,) = [s for s in TOPOLOGY.subscriptions if s.queue == "notifier-chat"]
+    sqs = aws_client("sqs", moto_endpoint)
+    pushes = EventTap(sqs, subscribe_queue(aws_client("sns", moto_endpoint), sqs, tap[0],
+                                           f"{names}notifier-chat",
+                                           filter_policy=notifier.filter_policy))
     one, two = await replicas(2)
     alice, bob, carol = [await user(one, n) for n in ("alice", "bob", "carol")]
     async with api(one, alice) as http:
@@ -167,10 +174,14 @@ async def test_offline_members_are_marked_for_push_and_online_ones_are_not(
         await connect(two, bob)  # bob is online on the other replica; carol is not
         await http.post(f"/api/chat/channels/{group['id']}/messages",
                         json={"client_msg_id": "hello", "text": "hi both"})
-    posted = [e for e in await tap[1].drain(2) if e["type"] == "chat.message_posted"]
-    assert [e["data"]["push_to"] for e in posted] == [[carol.id]], [
-        (e["data"]["message"]["text"], e["data"]["member_ids"]) for e in posted]
-    assert posted[0]["data"]["message"]["text"] == "hi both"
+        direct = await dm(api, one, alice, bob)
+        await http.post(f"/api/chat/channels/{direct}/messages",
+                        json={"client_msg_id": "psst", "text": "bob is here"})
+    posted = [e for e in await tap[1].drain(4) if e["type"] == "chat.message_posted"]
+    assert [(e["data"]["message"]["text"], e["data"]["push_to"]) for e in posted] == [
+        ("hi both", [carol.id]), ("bob is here", [])]
+    assert [e["data"]["message"]["text"] for e in await pushes.drain(1, timeout_s=3)] == [
+        "hi both"]
 
 
 async def test_blocked_users_cannot_dm_each_other(replicas, user, api, moto_endpoint,

@@ -34,6 +34,18 @@ class EventData(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    @classmethod
+    def routing(cls, data: dict[str, Any]) -> dict[str, str]:
+        """Message attributes (besides `event_type`) that subscriptions may filter on, from
+        the event's data as published, so that a consumer is not sent what it would drop."""
+        return {}
+
+
+def routing_attributes(type_name: str, data: dict[str, Any]) -> dict[str, str]:
+    """The routing attributes of a published event whose type this process knows."""
+    entry = CATALOG.get(type_name)
+    return entry[1].routing(data) if entry else {}
+
 
 T = TypeVar("T", bound=type[EventData])
 CATALOG: dict[str, tuple[int, type[EventData], str]] = {}

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .db import Database, utcnow
-from .events import Envelope
+from .events import Envelope, routing_attributes
 from .observability import OUTBOX_FAILURES, OUTBOX_LAG, OUTBOX_PENDING, OUTBOX_PUBLISHED
 
 log = logging.getLogger("chassis.outbox")
@@ -239,6 +239,7 @@ def _attributes(payload: dict[str, Any]) -> dict[str, Any]:
         "event_type": {"DataType": "String", "StringValue": payload["type"]},
         "producer": {"DataType": "String", "StringValue": payload["producer"]},
     }
-    for key, value in (payload.get("trace") or {}).items():
+    extra = {**(payload.get("trace") or {}), **routing_attributes(payload["type"], payload["data"])}
+    for key, value in extra.items():
         attributes[key] = {"DataType": "String", "StringValue": value}
     return attributes

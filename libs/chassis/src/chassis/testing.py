@@ -323,13 +323,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 # --- talking to a service in tests ---------------------------------------------------------
 
 def subscribe_queue(sns: Any, sqs: Any, topic_arn: str, queue_name: str,
-                    event_types: list[str] | None = None) -> str:
-    """A queue on the topic with raw delivery (and a filter on event type, as deployed)."""
+                    event_types: list[str] | None = None,
+                    filter_policy: dict[str, list[str]] | None = None) -> str:
+    """A queue on the topic with raw delivery (and a filter on event type, or the filter
+    policy given, as deployed)."""
     url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
     attributes = {"RawMessageDelivery": "true"}
     if event_types:
-        attributes["FilterPolicy"] = json.dumps({"event_type": event_types})
+        filter_policy = {"event_type": event_types}
+    if filter_policy:
+        attributes["FilterPolicy"] = json.dumps(filter_policy)
     sns.subscribe(TopicArn=topic_arn, Protocol="sqs",
                   Endpoint=arn["Attributes"]["QueueArn"], Attributes=attributes)
     return url

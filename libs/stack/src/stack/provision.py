@@ -198,8 +198,8 @@ def _ensure_subscription(sns: Any, topic_arn: str, queue_arn: str, sub: Subscrip
         ReturnSubscriptionArn=True)["SubscriptionArn"]
     # The relay sets the event_type message attribute; the filter matches on it.
     wanted = {"RawMessageDelivery": "true"}
-    if not sub.archive:
-        wanted["FilterPolicy"] = json.dumps({"event_type": sorted(sub.event_types)})
+    if sub.filter_policy is not None:
+        wanted["FilterPolicy"] = json.dumps(sub.filter_policy)
     current = sns.get_subscription_attributes(SubscriptionArn=arn)["Attributes"]
     for name, value in wanted.items():
         if current.get(name) != value:

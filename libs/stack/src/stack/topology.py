@@ -11,10 +11,20 @@ class Subscription:
     topic: str
     event_types: tuple[str, ...] = ()
     archive: bool = False  # every event of the topic, unfiltered, for the event archive
+    # Routing attributes (`EventData.routing`) an event must also carry, as (name, value).
+    require: tuple[tuple[str, str], ...] = ()
 
     @property
     def dlq(self) -> str:
         return f"{self.queue}-dlq"
+
+    @property
+    def filter_policy(self) -> dict[str, list[str]] | None:
+        """The SNS filter on the relay's message attributes; archives take every event."""
+        if self.archive:
+            return None
+        return {"event_type": sorted(self.event_types),
+                **{name: [value] for name, value in self.require}}
 
 
 @dataclass(frozen=True)
@@ -207,7 +217,9 @@ TOPOLOGY = Topology(
                     "graph.unfollowed", "graph.blocked", "graph.unblocked", "graph.muted",
                     "graph.unmuted")),
                 Subscription("notifier-post", "post", ("post.created", "post.liked")),
-                Subscription("notifier-chat", "chat", ("chat.message_posted",)),
+                # Only messages with members to push to (most have none: all are online).
+                Subscription("notifier-chat", "chat", ("chat.message_posted",),
+                             require=(("push", "yes"),)),
                 Subscription("notifier-call", "call", ("call.ringing", "call.ended")),
             ),
         ),

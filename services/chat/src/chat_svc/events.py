@@ -1,7 +1,7 @@
 """Events the chat service publishes (topic chat-events)."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -55,6 +55,11 @@ class MessagePosted(EventData):
     message: Message
     member_ids: list[str]
     push_to: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def routing(cls, data: dict[str, Any]) -> dict[str, str]:
+        """`push: yes` when someone is to be pushed to: the notifier is sent only those."""
+        return {"push": "yes"} if data.get("push_to") else {}
 
 
 @event_type("chat.message_changed", producer=PRODUCER)

@@ -92,11 +92,14 @@ class Hub:
     def deliver(self, payload: bytes) -> None:
         header_line, _, frame = payload.partition(b"\n")
         header = json.loads(header_line)
-        kind = header["k"]
+        kind, channel_id, seq, held = header["k"], header["c"], header["s"], self.sessions
+        handed = 0
         for user_id in header["m"]:
-            for session in tuple(self.sessions.get(user_id, ())):
-                session.offer(kind, header["c"], header["s"], frame)
-                DELIVERED.labels(kind).inc()
+            for session in (targets := tuple(held.get(user_id, ()))):
+                session.offer(kind, channel_id, seq, frame)
+            handed += len(targets)
+        if handed:
+            DELIVERED.labels(kind).inc(handed)
 
     async def _all_catch_up(self) -> None:
         for sessions in list(self.sessions.values()):

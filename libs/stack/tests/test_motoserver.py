@@ -16,7 +16,7 @@ from moto.sqs.models import SQSBackend
 
 from chassis.testing import FAKE_AWS, REGION, free_port, wait_for_port
 from stack import motoserver
-from stack.motoserver import keep_published_few, take_sqs_shortcuts
+from stack.motoserver import keep_published_few, match_filters_quickly, take_sqs_shortcuts
 from stack.provision import provision
 from stack.topology import TOPOLOGY
 
@@ -214,3 +214,26 @@ def test_what_moto_keeps_of_deleted_and_published_messages_is_bounded(monkeypatc
         sns.delete_topic(topic.arn)
     kept = [sent[0] for sent in topic.sent_notifications]
     assert len(kept) <= 2 * motoserver.KEPT_PUBLISHED and kept == ids[-len(kept):]
+
+
+def test_filters_match_as_moto_decides() -> None:
+    match_filters_quickly()
+    from moto.sns.utils import FilterPolicyMatcher
+
+    def matches(policy: dict, **attributes: tuple[str, str]) -> bool:
+        return FilterPolicyMatcher(policy, None).matches(
+            {k: {"Type": t, "Value": v} for k, (t, v) in attributes.items()}, "")
+
+    types = {"event_type": ["post.created", "post.liked"]}
+    assert matches(types, event_type=("String", "post.liked"))
+    assert not matches(types, event_type=("String", "post.deleted"))
+    assert not matches(types)
+    # A JSON array attribute matches when it holds one of the strings (moto's way, kept).
+    assert matches(types, event_type=("String.Array", '["x", "post.created"]'))
+    assert not matches(types, event_type=("String.Array", '["x"]'))
+    both = {**types, "push": ["yes"]}
+    assert matches(both, event_type=("String", "post.liked"), push=("String", "yes"))
+    assert not matches(both, event_type=("String", "post.liked"))
+    assert not matches(both, event_type=("String", "post.liked"), push=("String", "no"))
+    assert matches({"n": [{"numeric": [">", 3]}]}, n=("Number", "4"))
+    assert matches({"event_type": [{"prefix": "post."}]}, event_type=("String", "post.x"))

@@ -6,13 +6,13 @@ asking the profile service. Each event applies only if it is newer than what the
 so redelivered and reordered events agree on the end.
 """
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.engine import Connection
 
+from chassis.consumer import Apply
 from chassis.events import Envelope
 
 from .models import Block, Follow
@@ -50,33 +50,22 @@ _EDGES = {
 }
 
 
-async def _record(session: AsyncSession, envelope: Envelope, kind: str, on: bool) -> None:
-    edge = EdgeChanged.model_validate(envelope.data)
-    changed_at: datetime = envelope.occurred_at
+def _record(kind: str, on: bool) -> Apply:
+    """The unit that records an edge of `kind` as `on` (its event's time orders it)."""
     (actor, target, state), upserts = _EDGES[kind]
-    await session.execute(upserts[session.get_bind().dialect.name], {
-        actor: edge.actor_id, target: edge.target_id, state: on, "changed_at": changed_at})
+
+    def unit(conn: Connection, envelope: Envelope) -> None:
+        edge = EdgeChanged.model_validate(envelope.data)
+        conn.execute(upserts[conn.dialect.name], {
+            actor: edge.actor_id, target: edge.target_id, state: on,
+            "changed_at": envelope.occurred_at})
+
+    return Apply(unit)
 
 
-async def on_blocked(session: AsyncSession, envelope: Envelope) -> None:
-    """graph.blocked: the actor's posts take no replies or likes from the target."""
-    await _record(session, envelope, "block", True)
-
-
-async def on_unblocked(session: AsyncSession, envelope: Envelope) -> None:
-    """graph.unblocked: the target may reply to and like the actor's posts again."""
-    await _record(session, envelope, "block", False)
-
-
-async def on_followed(session: AsyncSession, envelope: Envelope) -> None:
-    """graph.followed: the actor may reply to and like the target's followers-only posts."""
-    await _record(session, envelope, "follow", True)
-
-
-async def on_unfollowed(session: AsyncSession, envelope: Envelope) -> None:
-    """graph.unfollowed: no longer."""
-    await _record(session, envelope, "follow", False)
-
-
-HANDLERS = {"graph.blocked": on_blocked, "graph.unblocked": on_unblocked,
-            "graph.followed": on_followed, "graph.unfollowed": on_unfollowed}
+# graph.blocked: the actor's posts take no replies or likes from the target (unblocked: they
+# may again); graph.followed: the actor may reply to and like the target's followers-only
+# posts (unfollowed: no longer).
+HANDLERS = {"graph.blocked": _record("block", True), "graph.unblocked": _record("block", False),
+            "graph.followed": _record("follow", True),
+            "graph.unfollowed": _record("follow", False)}

@@ -15,8 +15,8 @@ from moto.sns.models import sns_backends
 from moto.sqs.models import SQSBackend
 
 from chassis.testing import FAKE_AWS, REGION, free_port, wait_for_port
-from stack import motoserver
-from stack.motoserver import keep_published_few, match_filters_quickly, take_sqs_shortcuts
+from stack import moto_patches
+from stack.moto_patches import keep_published_few, match_filters_quickly, take_sqs_shortcuts
 from stack.provision import provision
 from stack.topology import TOPOLOGY
 
@@ -193,7 +193,7 @@ def test_what_moto_keeps_of_deleted_and_published_messages_is_bounded(monkeypatc
     memory and the snapshot grew with every message. The newest few are kept."""
     take_sqs_shortcuts()
     keep_published_few()
-    monkeypatch.setattr(motoserver, "KEPT_HANDLES", 50)
+    monkeypatch.setattr(moto_patches, "KEPT_HANDLES", 50)
     sqs = SQSBackend(REGION, DEFAULT_ACCOUNT_ID)
     sqs.create_queue("churn")
     handles = []
@@ -213,7 +213,7 @@ def test_what_moto_keeps_of_deleted_and_published_messages_is_bounded(monkeypatc
     finally:
         sns.delete_topic(topic.arn)
     kept = [sent[0] for sent in topic.sent_notifications]
-    assert len(kept) <= 2 * motoserver.KEPT_PUBLISHED and kept == ids[-len(kept):]
+    assert len(kept) <= 2 * moto_patches.KEPT_PUBLISHED and kept == ids[-len(kept):]
 
 
 def test_filters_match_as_moto_decides() -> None:

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -174,12 +174,14 @@ class Dispatcher:
             self.wake()
         await self._record(job, outcome)
 
-    async def _push(self, job: Any) -> webpush.Outcome | None:
-        """The attempt's outcome; None when nothing was sent (read already, or the provider's
-        circuit is open)."""
-        if job.seq <= job.read_seq or not self.breaker.allows(_provider(job)):
-            return None
+    async def _push(self, job: Any) -> webpush.Outcome | Literal["read", "held"]:
+        """The attempt's outcome, or why nothing was sent: read already, or held back while
+        the provider's circuit is open."""
+        if job.seq <= job.read_seq:
+            return "read"
         provider = _provider(job)
+        if not self.breaker.allows(provider):
+            return "held"
         started = time.perf_counter()
         outcome = await (self._webpush(job) if job.kind == "webpush" else self._mobile(job))
         PUSH_LATENCY.labels(provider).observe(time.perf_counter() - started)
@@ -187,10 +189,10 @@ class Dispatcher:
         self.breaker.record(provider, outcome.kind != "retry")
         return outcome
 
-    async def _record(self, job: Any, outcome: webpush.Outcome | None) -> None:
-        if outcome is None and job.seq <= job.read_seq:
+    async def _record(self, job: Any, outcome: webpush.Outcome | Literal["read", "held"]) -> None:
+        if outcome == "read":
             await self._finish(job, "done", "read on another device before it was pushed")
-        elif outcome is None:
+        elif outcome == "held":
             await self._later(job, self.settings.breaker_open_s / 2, count=False)
         elif outcome.kind == "delivered":
             await self._finish(job, "done", None)

@@ -54,6 +54,7 @@ class Session:
         self.sent: dict[str, int] = {}
         self.delivered: dict[str, int] = {}  # channel -> the last seq really sent
         self.closing: int | None = None
+        self.writer: asyncio.Task[None] | None = None
 
     # --- what others hand to this session (never blocks) ----------------------------------
 
@@ -82,6 +83,9 @@ class Session:
             with contextlib.suppress(asyncio.QueueFull):
                 self.queue.get_nowait()
                 self.queue.put_nowait(_STOP)
+            if self.writer is not None:
+                # It may be waiting for the socket to drain, which a stalled client never does.
+                self.writer.cancel()
 
     # --- the writer -----------------------------------------------------------------------
 
@@ -171,21 +175,32 @@ async def chat_socket(ws: WebSocket) -> None:
     # whatever is published meanwhile waits in the queue and is judged against the cursors.
     await chat.hub.join(session)
     session.sent = await chat.db.run(lambda conn: commands.cursors_of(conn, user.id))
-    writer = asyncio.create_task(session.write())
+    writer = session.writer = asyncio.create_task(session.write())
     session.send({"type": "ready", "user_id": user.id, "cursors": dict(session.sent)})
+    reader = asyncio.create_task(_receive(ws, session, chat, ws.app.state.typing))
     try:
-        await _receive(ws, session, chat, ws.app.state.typing)
+        # The writer is stopped when the session is dropped for being too slow (it may be
+        # waiting for a socket that never drains): reading stops with it, rather than when a
+        # client that reads nothing sends again or stops answering pings (40 s).
+        await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        reader.cancel()
+        await asyncio.wait({reader})
         await chat.hub.leave(session)
         if not writer.done():
             session.closing = session.closing or 1000
             with contextlib.suppress(asyncio.QueueFull):
                 session.queue.put_nowait(_STOP)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer, 2)
+        await asyncio.wait({writer}, timeout=2)
+        writer.cancel()
+        if writer.done() and not writer.cancelled() and writer.exception() is not None:
+            log.info("%s's session stopped writing: %r", user.id, writer.exception())
         if session.closing and ws.client_state == WebSocketState.CONNECTED:
+            # A client that stopped reading may never take the close frame: not for long.
             with contextlib.suppress(Exception):
-                await ws.close(code=session.closing)
+                await asyncio.wait_for(ws.close(code=session.closing), 2)
+    if not reader.cancelled() and reader.exception() is not None:
+        raise reader.exception()
 
 
 async def _receive(ws: WebSocket, session: Session, chat: Chat, typing: Throttle) -> None:

@@ -16,7 +16,13 @@ from moto.sqs.models import SQSBackend
 
 from chassis.testing import FAKE_AWS, REGION, free_port, wait_for_port
 from stack import moto_patches
-from stack.moto_patches import keep_published_few, match_filters_quickly, take_sqs_shortcuts
+from stack.moto_patches import (
+    keep_published_few,
+    make_receipt_handles_quickly,
+    match_filters_quickly,
+    pick_attributes_quickly,
+    take_sqs_shortcuts,
+)
 from stack.provision import provision
 from stack.topology import TOPOLOGY
 
@@ -237,3 +243,53 @@ def test_filters_match_as_moto_decides() -> None:
     assert not matches(both, event_type=("String", "post.liked"), push=("String", "no"))
     assert matches({"n": [{"numeric": [">", 3]}]}, n=("Number", "4"))
     assert matches({"event_type": [{"prefix": "post."}]}, event_type=("String", "post.x"))
+
+
+def test_responses_serialize_as_moto_does() -> None:
+    """The quick attribute picker gives moto's bytes, for both of SQS's protocols, with
+    optional members present and missing, binary attributes, and objects that are not dicts."""
+    from moto.core.responses import get_service_model
+    from moto.core.serialize import XFormedAttributePicker, get_serializer_class
+
+    pick_attributes_quickly()
+
+    class Slow(XFormedAttributePicker):
+        __call__ = XFormedAttributePicker.__call__.slow  # type: ignore[attr-defined]
+
+    class Queue:
+        def __init__(self) -> None:
+            self.attributes = {"VisibilityTimeout": "30", "ApproximateNumberOfMessages": "2"}
+
+    messages = {"Messages": [
+        {"MessageId": "m1", "ReceiptHandle": "r1", "MD5OfBody": "d1", "Body": "{}",
+         "MessageAttributes": {
+             "event_type": {"DataType": "String", "StringValue": "post.created"},
+             "raw": {"DataType": "Binary", "BinaryValue": b"\x00\xff"}},
+         "MD5OfMessageAttributes": "d2", "Attributes": {"SentTimestamp": "1700000000000"}},
+        {"MessageId": "m2", "ReceiptHandle": "r2", "MD5OfBody": "d3", "Body": "b"}]}
+    model = get_service_model("sqs")
+    cases = (("ReceiveMessage", messages), ("ReceiveMessage", {}),
+             ("GetQueueAttributes", Queue()), ("GetQueueUrl", {"QueueUrl": "http://q"}))
+    def serialized(picker: XFormedAttributePicker, protocol: str, operation: str,
+                   result: object) -> str:
+        serializer = get_serializer_class("sqs", protocol)(
+            operation_model=model.operation_model(operation), pretty_print=False,
+            value_picker=picker)
+        return serializer.serialize(result)["body"]
+
+    for protocol in ("json", "query"):
+        for case in cases:
+            quick = serialized(XFormedAttributePicker(), protocol, *case)
+            assert quick
+            assert quick == serialized(Slow(), protocol, *case), (protocol, case[0])
+
+
+def test_receipt_handles_look_as_moto_makes_them() -> None:
+    make_receipt_handles_quickly()
+    sqs = SQSBackend(REGION, DEFAULT_ACCOUNT_ID)
+    sqs.create_queue("handles")
+    for _ in range(3):
+        sqs.send_message("handles", "x")
+    handles = [m.receipt_handle for m in sqs.receive_message("handles", 10, 0, 30)]
+    assert len(set(handles)) == 3
+    assert all(len(h) == 185 and h.isalpha() and h.islower() for h in handles)

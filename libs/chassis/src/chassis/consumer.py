@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .db import Database, utcnow
+from .db import Database, per_dialect, utcnow
 from .events import Envelope
 from .observability import CONSUMED, CONSUMER_LAG, DLQ_DEPTH, QUEUE_DEPTH
 from .tracing import span_from
@@ -50,15 +50,19 @@ class Apply:
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]] | Apply
 
 
+_INBOX_ROWS: dict[Table, Callable[[Connection], Any]] = {}
+
+
 def record_in_inbox(conn: Connection, inbox: Table, consumer: str, envelope: Envelope) -> bool:
-    """Insert the event's inbox row; False if this consumer has handled it already."""
-    try:
-        with conn.begin_nested():
-            conn.execute(insert(inbox).values(consumer=consumer, event_id=envelope.id,
-                                              event_type=envelope.type, processed_at=utcnow()))
-    except IntegrityError:
-        return False
-    return True
+    """Insert the event's inbox row; False if this consumer has handled it already (one
+    statement: the row is skipped on conflict, no savepoint around it)."""
+    statement = _INBOX_ROWS.get(inbox)
+    if statement is None:
+        statement = _INBOX_ROWS[inbox] = per_dialect(
+            lambda insert_into: insert_into(inbox).on_conflict_do_nothing())
+    row = {"consumer": consumer, "event_id": envelope.id, "event_type": envelope.type,
+           "processed_at": utcnow()}
+    return conn.execute(statement(conn), row).rowcount == 1
 
 
 async def apply_event(db: Database, inbox: Table, consumer: str, handler: Handler,

@@ -54,6 +54,21 @@ def dialect_insert(conn: Connection, table: Table) -> Any:
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
+def per_dialect(build: Callable[[Callable[[Table], Any]], T]) -> Callable[[Connection], T]:
+    """A statement with dialect-specific clauses, built once per dialect: `build` gets the
+    dialect's `insert`. Building and cache-keying a statement on every call cost a hot
+    consumer more CPU than running it."""
+    built: dict[str, T] = {}
+
+    def for_connection(conn: Connection) -> T:
+        name = conn.dialect.name
+        if name not in built:
+            built[name] = build(postgresql.insert if name == "postgresql" else sqlite.insert)
+        return built[name]
+
+    return for_connection
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

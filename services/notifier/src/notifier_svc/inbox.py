@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from ulid import ULID
 
 from chassis.consumer import Apply
-from chassis.db import dialect_insert, utcnow
+from chassis.db import dialect_insert, per_dialect, utcnow
 from chassis.events import Envelope
 
 from .models import (
@@ -52,17 +52,22 @@ _FOLLOWS = select(exists().where(follows.table.c.follower_id == _USER,
                                  follows.table.c.following))
 
 
+_NEW_INBOX = per_dialect(lambda insert_into: insert_into(inboxes).values(
+    user_id=_USER, last_seq=0, read_seq=0).on_conflict_do_nothing())
+# The user's next seq (making their inbox if need be), with their read seq: one upsert.
+_NEXT_SEQ = per_dialect(lambda insert_into: insert_into(inboxes).values(
+    user_id=_USER, last_seq=1, read_seq=0).on_conflict_do_update(
+    index_elements=[inboxes.c.user_id], set_={"last_seq": inboxes.c.last_seq + 1})
+    .returning(inboxes.c.last_seq, inboxes.c.read_seq))
+_NEW_NOTIFICATION = insert(notifications)
+_REGROUP = update(notifications).where(notifications.c.id == bindparam("group_id")).values(
+    {name: bindparam(f"new_{name}")
+     for name in ("actor_ids", "actor_count", "subject", "seq", "updated_at")})
+_NEW_PUSH_JOBS = per_dialect(lambda insert_into: insert_into(push_jobs).on_conflict_do_nothing())
+
+
 def ensure_inbox(conn: Connection, user_id: str) -> None:
-    conn.execute(dialect_insert(conn, inboxes).values(
-        user_id=user_id, last_seq=0, read_seq=0).on_conflict_do_nothing())
-
-
-def next_seq(conn: Connection, user_id: str) -> tuple[int, int]:
-    """Take the user's next seq (making their inbox if need be); with their read seq."""
-    statement = dialect_insert(conn, inboxes).values(user_id=user_id, last_seq=1, read_seq=0)
-    return tuple(conn.execute(statement.on_conflict_do_update(
-        index_elements=[inboxes.c.user_id], set_={"last_seq": inboxes.c.last_seq + 1})
-        .returning(inboxes.c.last_seq, inboxes.c.read_seq)).one())
+    conn.execute(_NEW_INBOX(conn), {"user": user_id})
 
 
 def notify(conn: Connection, *, user_id: str, kind: str, actor_id: str,
@@ -73,26 +78,26 @@ def notify(conn: Connection, *, user_id: str, kind: str, actor_id: str,
     silenced, types = conn.execute(_GATE, {"user": user_id, "actor": actor_id}).one()
     if silenced or (types or {}).get(kind) is False:
         return False
-    seq, read_seq = next_seq(conn, user_id)
+    seq, read_seq = conn.execute(_NEXT_SEQ(conn), {"user": user_id}).one()
     now = utcnow()
     grouped = group_key and conn.execute(_UNREAD_GROUP, {
         "user": user_id, "group_key": group_key, "read_seq": read_seq}).first()
     if grouped:
         actors = [actor_id, *(a for a in grouped.actor_ids if a != actor_id)]
-        conn.execute(update(notifications).where(notifications.c.id == grouped.id).values(
-            actor_ids=actors[:ACTORS_KEPT],
-            actor_count=grouped.actor_count + (actor_id not in grouped.actor_ids),
-            subject=subject, seq=seq, updated_at=now))
+        conn.execute(_REGROUP, {
+            "group_id": grouped.id, "new_actor_ids": actors[:ACTORS_KEPT],
+            "new_actor_count": grouped.actor_count + (actor_id not in grouped.actor_ids),
+            "new_subject": subject, "new_seq": seq, "new_updated_at": now})
         notification_id = grouped.id
     else:
         notification_id = str(ULID())
-        conn.execute(insert(notifications).values(
-            id=notification_id, user_id=user_id, type=kind, group_key=group_key,
-            actor_ids=[actor_id], actor_count=1, subject=subject, seq=seq, created_at=now,
-            updated_at=now))
+        conn.execute(_NEW_NOTIFICATION, {
+            "id": notification_id, "user_id": user_id, "type": kind, "group_key": group_key,
+            "actor_ids": [actor_id], "actor_count": 1, "subject": subject, "seq": seq,
+            "created_at": now, "updated_at": now})
     devices = list(conn.execute(_DEVICES, {"user": user_id}).scalars())
     if devices:
-        conn.execute(dialect_insert(conn, push_jobs).on_conflict_do_nothing(), [
+        conn.execute(_NEW_PUSH_JOBS(conn), [
             {"event_id": event_id, "notification_id": notification_id, "subscription_id": d,
              "status": "pending", "attempts": 0, "next_at": now, "created_at": now}
             for d in devices])

@@ -6,12 +6,14 @@ PostgreSQL), then run with bound values: building SQLAlchemy expressions per eve
 more CPU than running them. Rows are addressed by their table's primary key.
 """
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, and_, bindparam, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+
+from chassis.db import per_dialect
 
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -20,15 +22,13 @@ class Statements:
     """Statements built on first use, one per (dialect, name)."""
 
     def __init__(self) -> None:
-        self._built: dict[tuple[str, str], Any] = {}
+        self._built: dict[str, Callable[[Connection], Any]] = {}
 
     def get(self, conn: Connection, name: str, build: Any) -> Any:
-        key = (conn.dialect.name, name)
-        statement = self._built.get(key)
+        statement = self._built.get(name)
         if statement is None:
-            insert_ = postgresql.insert if key[0] == "postgresql" else sqlite.insert
-            statement = self._built[key] = build(insert_)
-        return statement
+            statement = self._built[name] = per_dialect(build)
+        return statement(conn)
 
 
 STATEMENTS = Statements()

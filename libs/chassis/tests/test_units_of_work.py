@@ -4,7 +4,7 @@ import asyncio
 import time
 
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import event, insert, text
 
 from chassis.db import WriterLock
 from chassis.outbox import stage_event
@@ -107,6 +107,28 @@ async def test_a_failing_unit_among_concurrent_ones_takes_only_its_own_writes_ba
         n for n in range(1, 31) if n % 5]
     assert await db.count("effects") == 24 and await db.count("outbox") == 24
     assert woken
+
+
+async def test_a_group_whose_units_all_commit_runs_each_once_without_savepoints(db):
+    if db.database._writer is None:
+        pytest.skip("on PostgreSQL units run side by side, not in groups")
+    calls, savepoints = [], []
+    event.listen(db.database._sync_engine, "savepoint", lambda *_: savepoints.append(1))
+
+    def unit(n):
+        def work(conn):
+            calls.append(n)
+            conn.execute(insert(db.table("effects")), {"event_id": f"ok{n}"})
+            if n == 1:
+                time.sleep(0.2)  # the others queue up behind it and form one group
+        return work
+
+    first = asyncio.create_task(db.database.run(unit(1)))
+    await asyncio.sleep(0.05)
+    await asyncio.gather(first, *(db.database.run(unit(n)) for n in range(2, 12)))
+    assert sorted(calls) == list(range(1, 12))
+    assert savepoints == []
+    assert await db.count("effects") == 11
 
 
 async def test_a_unit_cancelled_while_it_waits_for_its_group_never_runs(db):

@@ -258,7 +258,22 @@ class Database:
 
     def _commit_group(self, group: list["_Queued"]) -> tuple[list[Any], bool]:
         """On the writer thread: one transaction; each unit's value or exception, and
-        whether any unit that committed staged events."""
+        whether any unit that committed staged events.
+
+        The units run one after the other without savepoints first (two statements less per
+        unit, and nearly every group commits whole); if one fails, the transaction is rolled
+        back and the group runs again with each unit in a savepoint of its own, so that the
+        failing one leaves nothing behind and the others commit. A unit may therefore run
+        twice; only the run that commits counts."""
+        if len(group) > 1:
+            try:
+                return self._commit_units(group, savepoints=False)
+            except _UnitFailed:
+                pass
+        return self._commit_units(group, savepoints=len(group) > 1)
+
+    def _commit_units(self, group: list["_Queued"], *,
+                      savepoints: bool) -> tuple[list[Any], bool]:
         assert self._sync_engine is not None
         outcomes: list[Any] = []
         staged = False
@@ -268,14 +283,15 @@ class Database:
                     outcomes.append(None)
                     continue
                 try:
-                    # A lone unit needs no savepoint: the transaction is its own.
-                    with conn.begin_nested() if len(group) > 1 else contextlib.nullcontext():
+                    with conn.begin_nested() if savepoints else contextlib.nullcontext():
                         value, dirty = queued.context.run(_in_transaction, conn, queued.unit)
                     outcomes.append(_Value(value))
                     staged = staged or dirty
                 except Exception as exc:
                     if len(group) == 1:
                         raise
+                    if not savepoints:
+                        raise _UnitFailed from exc  # rolls the whole group back
                     outcomes.append(exc)
         return outcomes, staged
 
@@ -294,6 +310,10 @@ class Database:
 
 
 GROUP_MAX = 64  # units per group commit
+
+
+class _UnitFailed(Exception):
+    """A unit of a group run without savepoints failed: the group runs again with them."""
 
 
 @dataclasses.dataclass(slots=True)

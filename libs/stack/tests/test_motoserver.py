@@ -1,5 +1,6 @@
 """The persistent moto server: Cognito users, queues and messages survive a restart."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -88,6 +89,22 @@ def test_users_queues_and_messages_survive_a_restart(tmp_path: Path) -> None:
         assert [m["Body"] for m in messages] == ["still here"]
         body = client("s3", endpoint).get_object(Bucket=TOPOLOGY.buckets[0], Key="a/b.json")
         assert body["Body"].read() == b"{}"
+
+
+def test_the_server_can_run_at_a_lower_cpu_priority(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "stack.motoserver", "--port", str(port),
+                             "--state", str(tmp_path / "state"), "--nice", "5"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        threads = list(Path(f"/proc/{proc.pid}/task").iterdir())
+        assert len(threads) > 1  # the listener's and waitress's threads have it too
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        assert {os.getpriority(os.PRIO_PROCESS, int(t.name)) for t in threads} == {base + 5}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 def test_periodic_save_keeps_state_when_the_process_is_killed(tmp_path: Path) -> None:

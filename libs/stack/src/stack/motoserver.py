@@ -188,7 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state", type=Path, required=True, help="file the state is kept in")
     parser.add_argument("--save-interval", type=float, default=5.0, help="seconds")
     parser.add_argument("--port-file", type=Path, help="write the port listened on here")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="lower this process's CPU priority by this much (before any "
+                             "thread starts, so that every thread has it)")
     args = parser.parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("waitress").setLevel(logging.WARNING)

@@ -287,6 +287,7 @@ def test_responses_serialize_as_moto_does() -> None:
     model = get_service_model("sqs")
     cases = (("ReceiveMessage", messages), ("ReceiveMessage", {}),
              ("GetQueueAttributes", Queue()), ("GetQueueUrl", {"QueueUrl": "http://q"}))
+
     def serialized(picker: XFormedAttributePicker, protocol: str, operation: str,
                    result: object) -> str:
         serializer = get_serializer_class("sqs", protocol)(

@@ -48,10 +48,15 @@ NAMING = {
 }
 
 
+def _insert_for(dialect: str) -> Callable[[Table], Any]:
+    """The dialect's `insert`, the one with its ON CONFLICT clauses."""
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
 def dialect_insert(conn: Connection, table: Table) -> Any:
     """An INSERT with its dialect's ON CONFLICT clauses (`on_conflict_do_nothing` / `_update`),
     for the SQLite or PostgreSQL connection at hand."""
-    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+    return _insert_for(conn.dialect.name)(table)
 
 
 def per_dialect(build: Callable[[Callable[[Table], Any]], T]) -> Callable[[Connection], T]:
@@ -63,7 +68,7 @@ def per_dialect(build: Callable[[Callable[[Table], Any]], T]) -> Callable[[Conne
     def for_connection(conn: Connection) -> T:
         name = conn.dialect.name
         if name not in built:
-            built[name] = build(postgresql.insert if name == "postgresql" else sqlite.insert)
+            built[name] = build(_insert_for(name))
         return built[name]
 
     return for_connection

@@ -1,5 +1,6 @@
 """The view cache on a real redis-server: a change is never hidden by a racing read."""
 
+import asyncio
 import uuid
 
 from redis.asyncio import Redis
@@ -41,3 +42,96 @@ async def test_without_redis_every_read_loads():
 
     assert await cache.get_or_load("anyone", load) == b"fresh"
     await cache.forget("anyone")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_view_past_its_time_is_served_while_one_load_replaces_it(redis_url):
+    redis, clock = Redis.from_url(redis_url), Clock()
+    cache = ViewCache(redis, prefix="test:swr:", ttl_s=5, stale_s=10, clock=clock)
+    user = f"u-{uuid.uuid4().hex}"
+    loads: list[bytes] = []
+    release = asyncio.Event()
+
+    async def load(body: bytes) -> bytes:
+        loads.append(body)
+        await release.wait()
+        return body
+
+    release.set()
+    assert await cache.get_or_load(user, lambda: load(b"v1")) == b"v1"
+    assert 14 <= await redis.ttl(f"test:swr:{user}") <= 15, "kept for fresh + stale seconds"
+    release.clear()
+    clock.now += 5.01  # past its freshness (at most 5 s, at least 4)
+    readers = [cache.get_or_load(user, lambda: load(b"v2")) for _ in range(20)]
+    assert await asyncio.gather(*readers) == [b"v1"] * 20, "served at once, not after the load"
+    release.set()
+    await asyncio.sleep(0)
+    while cache._refreshing:
+        await asyncio.sleep(0.01)
+    assert loads == [b"v1", b"v2"], "one load replaced it, behind the twenty readers"
+    assert await cache.get_or_load(user, lambda: load(b"unused")) == b"v2"
+    await redis.aclose()
+
+
+async def test_a_change_is_never_served_stale_even_past_its_time(redis_url):
+    redis, clock = Redis.from_url(redis_url), Clock()
+    cache = ViewCache(redis, prefix="test:swr:", ttl_s=5, clock=clock)
+    user = f"u-{uuid.uuid4().hex}"
+
+    async def load(body: bytes) -> bytes:
+        return body
+
+    assert await cache.get_or_load(user, lambda: load(b"before")) == b"before"
+    clock.now += 6
+    await cache.forget(user)
+    assert await cache.get_or_load(user, lambda: load(b"after")) == b"after"
+    assert not cache._refreshing, "loaded in the read, nothing left behind"
+    await redis.aclose()
+
+
+async def test_a_failed_background_load_keeps_serving_the_view_and_is_retried(redis_url, caplog):
+    redis, clock = Redis.from_url(redis_url), Clock()
+    cache = ViewCache(redis, prefix="test:swr:", ttl_s=5, clock=clock)
+    user = f"u-{uuid.uuid4().hex}"
+
+    loads = []
+
+    async def broken() -> bytes:
+        raise RuntimeError("database went away")
+
+    async def load() -> bytes:
+        loads.append(clock.now)
+        return b"v1"
+
+    assert await cache.get_or_load(user, load) == b"v1"
+    clock.now += 6
+    assert await cache.get_or_load(user, broken) == b"v1"
+    while cache._refreshing:
+        await asyncio.sleep(0.01)
+    assert "background refresh of a cached view failed" in caplog.text
+    assert await cache.get_or_load(user, load) == b"v1", "still served; tried again behind"
+    while cache._refreshing:
+        await asyncio.sleep(0.01)
+    assert len(loads) == 2
+    await cache.close()
+    await redis.aclose()
+
+
+async def test_an_unreadable_entry_is_a_miss(redis_url):
+    redis = Redis.from_url(redis_url)
+    cache = ViewCache(redis, prefix="test:swr:", ttl_s=5)
+    user = f"u-{uuid.uuid4().hex}"
+    await redis.set(f"test:swr:{user}", b"0\n{\"old\": \"format\"}")
+
+    async def load() -> bytes:
+        return b"rebuilt"
+
+    assert await cache.get_or_load(user, load) == b"rebuilt"
+    await redis.aclose()

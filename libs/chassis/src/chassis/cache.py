@@ -4,30 +4,46 @@ Each key has a generation; a view is stored marked with the generation read befo
 built, and only a view of the current generation is served. Writers bump a key's generation
 after their transaction commits (`forget`), so a read that raced the write and stores a view
 built from older data stores it under the old generation, where it is never served: no
-stale view outlives a change. The TTL bounds what no writer announces. One MGET per read.
-Redis trouble degrades to uncached reads.
+stale view outlives a change. One MGET per read. Redis trouble degrades to uncached reads.
+
+What no writer announces (a like count, a profile's new display name in someone's timeline)
+is bounded by time, stale-while-revalidate: a view is fresh for `ttl_s` (less a random tenth
+or two, so views built together do not expire together); for `stale_s` after that it is still
+served, at once, while one background load per key and process replaces it. Without this,
+every view loaded in one burst expires in one burst, and each reader then waits behind a
+hundred loads (home timelines under load: p99 158 ms with 5 s views, 30 ms without expiry).
 """
 
+import asyncio
 import logging
+import random
+import time
 from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .observability import VIEW_CACHE_READS
+
 log = logging.getLogger("chassis.cache")
 GENERATION_TTL_S = 24 * 3600
+Load = Callable[[], Awaitable[bytes | None]]
 
 
 class ViewCache:
     """Cached bytes by key under one prefix."""
 
-    def __init__(self, redis: Redis | None, *, prefix: str, ttl_s: int = 30) -> None:
+    def __init__(self, redis: Redis | None, *, prefix: str, ttl_s: float = 30,
+                 stale_s: float | None = None, clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
         self._prefix = prefix
-        self._ttl = ttl_s
+        self._fresh_s = ttl_s
+        self._kept_s = max(1, round(ttl_s + (ttl_s if stale_s is None else stale_s)))
+        self._clock = clock
+        self._refreshing: dict[str, asyncio.Task[bytes | None]] = {}
+        self._label = prefix.rstrip(":")
 
-    async def get_or_load(self, key: str,
-                          load: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
+    async def get_or_load(self, key: str, load: Load) -> bytes | None:
         """The cached bytes for `key` if current, or what `load` returns (stored unless None)."""
         if self._redis is None:
             return await load()
@@ -36,17 +52,19 @@ class ViewCache:
                                                         self._prefix + key)
         except RedisError:
             log.warning("cache read failed; reading through", exc_info=True)
+            VIEW_CACHE_READS.labels(self._label, "error").inc()
             return await load()
-        stamp = (generation or b"0") + b"\n"
-        if cached is not None and cached.startswith(stamp):
-            return cached[len(stamp):]
-        value = await load()
-        if value is not None:
-            try:
-                await self._redis.set(self._prefix + key, stamp + value, ex=self._ttl)
-            except RedisError:
-                log.warning("cache write failed", exc_info=True)
-        return value
+        generation = generation or b"0"
+        view = _current(cached, generation)
+        if view is not None:
+            fresh_until, body = view
+            stale = fresh_until <= self._clock()
+            if stale and key not in self._refreshing:
+                self._refresh_later(key, generation, load)
+            VIEW_CACHE_READS.labels(self._label, "stale" if stale else "fresh").inc()
+            return body
+        VIEW_CACHE_READS.labels(self._label, "miss").inc()
+        return await self._load_and_store(key, generation, load)
 
     async def forget(self, *keys: str) -> None:
         """The views behind these keys changed (call after the change committed)."""
@@ -59,8 +77,49 @@ class ViewCache:
                     pipe.expire(self._generation(key), GENERATION_TTL_S)
                 await pipe.execute()
         except RedisError:
-            log.warning("cache invalidation failed; views may be stale for %ss", self._ttl,
+            log.warning("cache invalidation failed; views may be stale for %ss", self._kept_s,
                         exc_info=True)
+
+    async def close(self) -> None:
+        """Stop the background loads still running (the service is stopping)."""
+        tasks = list(self._refreshing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _load_and_store(self, key: str, generation: bytes, load: Load) -> bytes | None:
+        value = await load()
+        if value is not None and self._redis is not None:
+            fresh_until = self._clock() + self._fresh_s * random.uniform(0.8, 1.0)
+            try:
+                await self._redis.set(self._prefix + key,
+                                      b"%s\n%.3f\n%s" % (generation, fresh_until, value),
+                                      ex=self._kept_s)
+            except RedisError:
+                log.warning("cache write failed", exc_info=True)
+        return value
+
+    def _refresh_later(self, key: str, generation: bytes, load: Load) -> None:
+        task = asyncio.create_task(self._load_and_store(key, generation, load))
+        self._refreshing[key] = task
+        task.add_done_callback(lambda done: self._refreshed(key, done))
+
+    def _refreshed(self, key: str, task: asyncio.Task[bytes | None]) -> None:
+        self._refreshing.pop(key, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("background refresh of a cached view failed; it is served until it "
+                        "expires", exc_info=task.exception())
 
     def _generation(self, key: str) -> str:
         return f"{self._prefix}gen:{key}"
+
+
+def _current(cached: bytes | None, generation: bytes) -> tuple[float, bytes] | None:
+    """(fresh until, view) of a stored `generation\nfresh until\nview` of this generation."""
+    parts = cached.split(b"\n", 2) if cached is not None else ()
+    if len(parts) != 3 or parts[0] != generation:
+        return None
+    try:
+        return float(parts[1]), parts[2]
+    except ValueError:
+        return None

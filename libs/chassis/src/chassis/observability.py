@@ -34,6 +34,9 @@ LOOP_LAG = Histogram(
     "event_loop_lag_seconds", "How late a 50 ms timer fires: time the loop was busy or blocked",
     ["service"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
+VIEW_CACHE_READS = Counter(
+    "view_cache_reads_total", "Cached view reads: fresh, stale (served, refreshed behind), "
+    "miss (loaded) or error (Redis failed; loaded)", ["cache", "outcome"])
 DLQ_DEPTH = Gauge("dlq_depth_messages", "Messages in a dead-letter queue", ["service", "queue"])
 
 

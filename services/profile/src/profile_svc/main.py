@@ -19,8 +19,9 @@ async def _connect(app: FastAPI) -> None:
     app.state.accounts = Accounts(idp, pool_id=settings.cognito_user_pool_id,
                                   client_id=settings.cognito_client_id,
                                   auto_confirm=settings.auto_confirm_signups)
-    app.state.profile_cache = ViewCache(app.state.redis, prefix="profile:view:v1:",
+    app.state.profile_cache = ViewCache(app.state.redis, prefix="profile:view:v2:",
                                         ttl_s=settings.profile_cache_ttl_s)
+    app.state.exit_stack.push_async_callback(app.state.profile_cache.close)
     app.state.forget_profile.cache = app.state.profile_cache
     app.state.login_limit = RateLimit(app.state.redis, name="login",
                                       limit=settings.login_attempts_per_window,

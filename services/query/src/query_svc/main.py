@@ -31,7 +31,8 @@ def build_app(settings: QuerySettings | None = None) -> FastAPI:
         app.state.search = projector.search = engine
         projector.db = app.state.db
         app.state.home_cache = projector.home_cache = ViewCache(
-            app.state.redis, prefix="query:home:v2:", ttl_s=settings.home_cache_ttl_s)
+            app.state.redis, prefix="query:home:v3:", ttl_s=settings.home_cache_ttl_s)
+        stack.push_async_callback(app.state.home_cache.close)
         app.state.tasks["timeline-trim"] = asyncio.create_task(keep_bounded(
             app.state.db, projector, settings.timeline_max, settings.timeline_trim_interval_s))
         if settings.archive_queues:

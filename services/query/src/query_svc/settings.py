@@ -14,7 +14,8 @@ class QuerySettings(ServiceSettings):
     fanout_threshold: int = 10_000  # authors with this many followers are merged at read time
     follow_backfill: int = 40  # recent posts copied into a new follower's home timeline
     # First pages of home timelines are cached in Redis, dropped when the reader's timeline
-    # changes; like counts and merged-in popular authors may lag by up to this long.
+    # changes; like counts and merged-in popular authors lag by this long, and up to twice
+    # this long while a view past it is served and refreshed behind (chassis.cache).
     home_cache_ttl_s: int = 5
     archive_bucket: str = "asyncsns-events-archive"
     archive_queues: tuple[str, ...] = ()  # queues carrying every event, to archive in S3

@@ -30,6 +30,7 @@ from chassis.problems import Problem, invalid
 from chassis.sockets import (
     accept,
     error_frame,
+    SendQueue,
     incoming,
     problem_frame,
 )
@@ -60,7 +61,7 @@ class Session:
         # _left frames): a relay to one of them needs no trip to the store.
         self.members: set[str] = set()
         self.closing: int | None = None
-        self.queue: asyncio.Queue[Any] = asyncio.Queue(calls.settings.ws_send_queue_max)
+        self.queue: SendQueue = SendQueue(calls.settings.ws_send_queue_max)
 
     def send(self, frame: dict[str, Any]) -> None:
         """A frame of this session's own (an answer to one of the client's)."""

@@ -25,6 +25,7 @@ from chassis.problems import Problem
 from chassis.sockets import (
     accept,
     error_frame,
+    SendQueue,
     incoming,
     problem_frame,
 )
@@ -48,7 +49,7 @@ class Session:
         self.user = user
         self.user_id = user.id
         self.chat = chat
-        self.queue: asyncio.Queue[Any] = asyncio.Queue(chat.settings.ws_send_queue_max)
+        self.queue: SendQueue = SendQueue(chat.settings.ws_send_queue_max)
         # channel -> the seq past which live frames are judged: at first the channel's seq when
         # the session began, then the last one sent
         self.sent: dict[str, int] = {}

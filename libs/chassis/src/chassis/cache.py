@@ -28,6 +28,8 @@ from .observability import VIEW_CACHE_READS
 log = logging.getLogger("chassis.cache")
 GENERATION_TTL_S = 24 * 3600
 Load = Callable[[], Awaitable[bytes | None]]
+_BUMP = ("for _, key in ipairs(KEYS) do redis.call('INCR', key) "
+         "redis.call('EXPIRE', key, ARGV[1]) end")
 
 
 class ViewCache:
@@ -42,6 +44,9 @@ class ViewCache:
         self._clock = clock
         self._refreshing: dict[str, asyncio.Task[bytes | None]] = {}
         self._label = prefix.rstrip(":")
+        # One command for any number of keys: a pipeline of INCR and EXPIRE per key cost the
+        # profile service 15 % of its CPU in a flood of follows (each forgets two users).
+        self._bump = redis.register_script(_BUMP) if redis is not None else None
 
     async def get_or_load(self, key: str, load: Load) -> bytes | None:
         """The cached bytes for `key` if current, or what `load` returns (stored unless None)."""
@@ -71,11 +76,8 @@ class ViewCache:
         if self._redis is None or not keys:
             return
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.incr(self._generation(key))
-                    pipe.expire(self._generation(key), GENERATION_TTL_S)
-                await pipe.execute()
+            await self._bump(keys=[self._generation(key) for key in keys],
+                             args=[GENERATION_TTL_S])
         except RedisError:
             log.warning("cache invalidation failed; views may be stale for %ss", self._kept_s,
                         exc_info=True)

@@ -44,6 +44,11 @@ async def test_without_redis_every_read_loads():
     await cache.forget("anyone")
 
 
+async def refreshed(cache: ViewCache) -> None:
+    """Until the background loads under way are done."""
+    await asyncio.gather(*cache._refreshing.values(), return_exceptions=True)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1_000_000.0
@@ -73,8 +78,7 @@ async def test_a_view_past_its_time_is_served_while_one_load_replaces_it(redis_u
     assert await asyncio.gather(*readers) == [b"v1"] * 20, "served at once, not after the load"
     release.set()
     await asyncio.sleep(0)
-    while cache._refreshing:
-        await asyncio.sleep(0.01)
+    await refreshed(cache)
     assert loads == [b"v1", b"v2"], "one load replaced it, behind the twenty readers"
     assert await cache.get_or_load(user, lambda: load(b"unused")) == b"v2"
     await redis.aclose()
@@ -113,12 +117,10 @@ async def test_a_failed_background_load_keeps_serving_the_view_and_is_retried(re
     assert await cache.get_or_load(user, load) == b"v1"
     clock.now += 6
     assert await cache.get_or_load(user, broken) == b"v1"
-    while cache._refreshing:
-        await asyncio.sleep(0.01)
+    await refreshed(cache)
     assert "background refresh of a cached view failed" in caplog.text
     assert await cache.get_or_load(user, load) == b"v1", "still served; tried again behind"
-    while cache._refreshing:
-        await asyncio.sleep(0.01)
+    await refreshed(cache)
     assert len(loads) == 2
     await cache.close()
     await redis.aclose()

@@ -28,9 +28,9 @@ from starlette.websockets import WebSocketState
 from chassis.auth import User
 from chassis.problems import Problem, invalid
 from chassis.sockets import (
+    SendQueue,
     accept,
     error_frame,
-    SendQueue,
     incoming,
     problem_frame,
 )

@@ -23,9 +23,9 @@ from starlette.websockets import WebSocketState
 from chassis.auth import User
 from chassis.problems import Problem
 from chassis.sockets import (
+    SendQueue,
     accept,
     error_frame,
-    SendQueue,
     incoming,
     problem_frame,
 )

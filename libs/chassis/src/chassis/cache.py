@@ -117,7 +117,8 @@ class ViewCache:
 
 
 def _current(cached: bytes | None, generation: bytes) -> tuple[float, bytes] | None:
-    """(fresh until, view) of a stored `generation\nfresh until\nview` of this generation."""
+    """(fresh until, view) of an entry stored as three lines (generation, fresh until, view),
+    if it belongs to this generation; None for another generation or an unreadable entry."""
     parts = cached.split(b"\n", 2) if cached is not None else ()
     if len(parts) != 3 or parts[0] != generation:
         return None

@@ -77,7 +77,7 @@ class SendQueue:
         self._head += 1
         if self._head == len(self._items):
             self._items, self._head = [], 0
-        elif self._head >= self._maxsize:  # a writer that never catches up: drop what it took
+        elif self._head >= self._maxsize:  # never empty: let go of what was taken
             del self._items[:self._head]
             self._head = 0
         return item

@@ -137,3 +137,55 @@ async def test_an_unreadable_entry_is_a_miss(redis_url):
 
     assert await cache.get_or_load(user, load) == b"rebuilt"
     await redis.aclose()
+
+
+async def test_invalidations_arriving_together_go_out_together_and_each_waits_for_its_own(
+        redis_url):
+    redis = Redis.from_url(redis_url)
+    cache = ViewCache(redis, prefix="test:forget:", ttl_s=60)
+    calls: list[list[str]] = []
+    bump = cache._bump
+
+    async def counted(*, keys, args):
+        calls.append(keys)
+        return await bump(keys=keys, args=args)
+
+    cache._bump = counted
+    users = [f"u-{uuid.uuid4().hex}" for _ in range(50)]
+    generations = [f"test:forget:gen:{user}" for user in users]
+
+    async def forget_then_read(user: str) -> bytes:
+        await cache.forget(user, users[0])
+        return await redis.get(f"test:forget:gen:{user}")
+
+    seen = await asyncio.gather(*(forget_then_read(user) for user in users))
+    assert all(generation is not None for generation in seen), "bumped before forget returned"
+    assert len(calls) < 10, f"{len(calls)} calls for 50 invalidations"
+    assert sorted({key for keys in calls for key in keys}) == sorted(generations)
+    assert int(await redis.get(generations[0])) == len(calls), "once per call, not per caller"
+    await cache.close()
+    await redis.aclose()
+
+
+async def test_a_caller_cancelled_while_waiting_still_has_its_keys_bumped(redis_url):
+    redis = Redis.from_url(redis_url)
+    cache = ViewCache(redis, prefix="test:forget:", ttl_s=60)
+    first, second = (f"u-{uuid.uuid4().hex}" for _ in range(2))
+    waiting = asyncio.create_task(cache.forget(first))
+    cancelled = asyncio.create_task(cache.forget(second))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await waiting
+    await cache.close()
+    assert await redis.get(f"test:forget:gen:{second}") == b"1"
+    await redis.aclose()
+
+
+async def test_invalidation_with_redis_down_is_logged_and_returns(caplog, unused_tcp_port):
+    redis = Redis.from_url(f"redis://127.0.0.1:{unused_tcp_port}")
+    cache = ViewCache(redis, prefix="test:forget:", ttl_s=60)
+    await asyncio.gather(cache.forget("a"), cache.forget("b", "c"))
+    assert "cache invalidation failed" in caplog.text
+    await cache.forget("d")  # and the next one is tried again
+    assert caplog.text.count("cache invalidation failed") == 2
+    await redis.aclose()

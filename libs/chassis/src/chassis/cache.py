@@ -47,6 +47,10 @@ class ViewCache:
         # One command for any number of keys: a pipeline of INCR and EXPIRE per key cost the
         # profile service 15 % of its CPU in a flood of follows (each forgets two users).
         self._bump = redis.register_script(_BUMP) if redis is not None else None
+        # Invalidations that arrive while one is under way go out together in the next call.
+        self._forgetting: set[str] = set()
+        self._forgotten: asyncio.Future[None] | None = None
+        self._bumper: asyncio.Task[None] | None = None
 
     async def get_or_load(self, key: str, load: Load) -> bytes | None:
         """The cached bytes for `key` if current, or what `load` returns (stored unless None)."""
@@ -72,18 +76,42 @@ class ViewCache:
         return await self._load_and_store(key, generation, load)
 
     async def forget(self, *keys: str) -> None:
-        """The views behind these keys changed (call after the change committed)."""
+        """The views behind these keys changed (call after the change committed); returns
+        once their generations are bumped.
+
+        Like a group commit: the keys of every call that arrives while a bump is under way go
+        out together in the next one, so that a flood of follows makes one Redis call per
+        handful of requests rather than one each (a call costs 70-90 us of CPU)."""
         if self._redis is None or not keys:
             return
-        try:
-            await self._bump(keys=[self._generation(key) for key in keys],
-                             args=[GENERATION_TTL_S])
-        except RedisError:
-            log.warning("cache invalidation failed; views may be stale for %ss", self._kept_s,
-                        exc_info=True)
+        self._forgetting.update(self._generation(key) for key in keys)
+        if self._forgotten is None:
+            self._forgotten = asyncio.get_running_loop().create_future()
+        forgotten = self._forgotten
+        if self._bumper is None or self._bumper.done():
+            self._bumper = asyncio.create_task(self._bump_generations())
+        # A caller cancelled while waiting leaves its keys to be bumped all the same.
+        await asyncio.shield(forgotten)
+
+    async def _bump_generations(self) -> None:
+        assert self._bump is not None
+        while self._forgetting:
+            keys, self._forgetting = sorted(self._forgetting), set()
+            forgotten, self._forgotten = self._forgotten, None
+            try:
+                await self._bump(keys=keys, args=[GENERATION_TTL_S])
+            except Exception:  # Redis trouble or not, the callers waiting must go on
+                log.warning("cache invalidation failed; views may be stale for %ss",
+                            self._kept_s, exc_info=True)
+            finally:
+                if forgotten is not None and not forgotten.done():
+                    forgotten.set_result(None)
 
     async def close(self) -> None:
-        """Stop the background loads still running (the service is stopping)."""
+        """Finish the invalidations under way and stop the background loads (the service
+        is stopping)."""
+        if self._bumper is not None:
+            await asyncio.gather(self._bumper, return_exceptions=True)
         tasks = list(self._refreshing.values())
         for task in tasks:
             task.cancel()

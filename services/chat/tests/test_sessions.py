@@ -5,10 +5,12 @@ import asyncio
 import json
 import socket
 import time
+import uuid
 
 import pytest
 import websockets
 from jose import jwk, jwt
+from prometheus_client import REGISTRY
 
 from chassis.events import new_event
 from chassis.testing import EventTap, assert_problem, aws_client, subscribe_queue
@@ -258,23 +260,59 @@ async def test_browsers_from_other_origins_are_refused(replicas, user, connect):
     assert ok.of("ready")
 
 
-async def test_a_seq_published_ahead_of_its_predecessor_is_sent_after_it(
+async def test_a_seq_published_ahead_of_its_predecessor_waits_for_it_in_the_hub(
         replicas, user, api, connect):
-    """Two replicas publish seq 1 and 2 in the wrong order: the session sends 1 from the
-    store first, then 2, and drops the late 1. (Its first seq in the channel too.)"""
+    """Two replicas publish seq 1 and 2 in the wrong order: the hub holds 2 until 1 comes and
+    hands both on in order, so no session reads the store."""
     [replica] = await replicas(1)
     alice, bob = await user(replica, "alice"), await user(replica, "bob")
     channel = await dm(api, replica, alice, bob)
     b = await connect(replica, bob)
     assert b.of("ready")[0]["cursors"] == {channel: 0}
-    chat = replica.app.state.chat
-    posted = [await chat.db.run(lambda conn, i=i: commands.post_message(
-        conn, channel_id=channel, caller=alice.id, client_msg_id=f"m{i}", text=f"m{i}",
-        online=set())) for i in range(2)]
-    first, second = (message for message, _, _ in posted)
-    for message in (second, first):
-        await chat.hub.publish("message", channel, [bob.id], message_frame(message),
-                               seq=message["change_seq"])
-    await b.wait_for(lambda c: len(messages_in(c, channel)) == 2, "both messages")
+    first, second = await post_unpublished(replica, channel, alice, 2)
+    fills, reordered = sample("chat_gap_fills_total"), sample(
+        "chat_fanout_reordered_total", outcome="in_order")
+    await publish(replica, channel, [bob], first)
+    await publish(replica, channel, [bob], second)  # seq 1 is due from now on for this channel
+    third, fourth = await post_unpublished(replica, channel, alice, 2)
+    await publish(replica, channel, [bob], fourth)
+    await publish(replica, channel, [bob], third)
+    await b.wait_for(lambda c: len(messages_in(c, channel)) == 4, "every message")
     await asyncio.sleep(0.3)
-    assert [f["seq"] for f in messages_in(b, channel)] == [1, 2]
+    assert [f["seq"] for f in messages_in(b, channel)] == [1, 2, 3, 4]
+    assert sample("chat_gap_fills_total") == fills, "nothing read from the store"
+    assert sample("chat_fanout_reordered_total", outcome="in_order") == reordered + 1
+
+
+async def test_a_seq_the_fan_out_lost_is_read_from_the_store_after_the_wait(
+        replicas, user, api, connect):
+    [replica] = await replicas(1)
+    alice, bob = await user(replica, "alice"), await user(replica, "bob")
+    channel = await dm(api, replica, alice, bob)
+    b = await connect(replica, bob)
+    first, second, third = await post_unpublished(replica, channel, alice, 3)
+    fills = sample("chat_gap_fills_total")
+    gave_up = sample("chat_fanout_reordered_total", outcome="gave_up")
+    await publish(replica, channel, [bob], first)
+    await publish(replica, channel, [bob], third)  # the second is never published
+    await b.wait_for(lambda c: len(messages_in(c, channel)) == 3, "every message")
+    assert [f["seq"] for f in messages_in(b, channel)] == [1, 2, 3]
+    assert sample("chat_gap_fills_total") == fills + 1
+    assert sample("chat_fanout_reordered_total", outcome="gave_up") == gave_up + 1
+
+
+async def post_unpublished(replica, channel, author, count: int) -> list[dict]:
+    """Messages committed without their fan-out (as if each publish were lost or late)."""
+    chat = replica.app.state.chat
+    return [(await chat.db.run(lambda conn: commands.post_message(
+        conn, channel_id=channel, caller=author.id, client_msg_id=uuid.uuid4().hex,
+        text="hello", online=set())))[0] for _ in range(count)]
+
+
+async def publish(replica, channel, members, message) -> None:
+    await replica.app.state.chat.hub.publish("message", channel, [m.id for m in members],
+                                             message_frame(message), seq=message["change_seq"])
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0

@@ -24,7 +24,8 @@ async def _start(app: FastAPI) -> None:
     settings: ChatSettings = app.state.settings
     if app.state.redis is None:
         raise RuntimeError("the chat service needs REDIS_URL: its fan-out runs through Redis")
-    hub = Hub(app.state.redis, presence_ttl_s=settings.presence_ttl_s)
+    hub = Hub(app.state.redis, presence_ttl_s=settings.presence_ttl_s,
+              reorder_wait_s=settings.fanout_reorder_wait_s)
     chat = Chat(app.state.db, hub, settings)
 
     async def announce(user_id: str, online: bool) -> None:

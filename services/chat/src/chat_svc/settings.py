@@ -19,3 +19,4 @@ class ChatSettings(ServiceSettings):
     ws_allowed_origins: tuple[str, ...] = ()  # empty: any origin (native clients send none)
     typing_interval_s: float = 3.0  # a member's typing frames fan out at most this often
     presence_ttl_s: int = 60  # a replica refreshes its users' presence within this
+    fanout_reorder_wait_s: float = 0.05  # a seq heard early waits this long for the one before

@@ -32,7 +32,7 @@ from chassis.sockets import (
 
 from . import commands
 from .actions import Chat, json_ready, message_frame
-from .hub import DROPPED, Throttle, encode
+from .hub import DROPPED, GAP_FILLS, Throttle, encode
 
 log = logging.getLogger("chat.ws")
 
@@ -127,6 +127,7 @@ class Session:
         """Send the changes between `after` and `upto` from the store, in seq order, a page
         at a time."""
         page = self.chat.settings.sync_page_max
+        GAP_FILLS.inc()
         while True:
             changes = await self.chat.db.run(
                 lambda conn, a=after: commands.changes_since(conn, channel_id, a, page))

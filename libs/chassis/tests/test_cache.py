@@ -189,3 +189,25 @@ async def test_invalidation_with_redis_down_is_logged_and_returns(caplog, unused
     await cache.forget("d")  # and the next one is tried again
     assert caplog.text.count("cache invalidation failed") == 2
     await redis.aclose()
+
+
+async def test_of_two_replicas_serving_a_stale_view_one_loads_it(redis_url):
+    redis, clock = Redis.from_url(redis_url), Clock()
+    replicas = [ViewCache(redis, prefix="test:swr2:", ttl_s=5, clock=clock) for _ in range(2)]
+    user = f"u-{uuid.uuid4().hex}"
+    loads: list[int] = []
+
+    async def load(replica: int) -> bytes:
+        loads.append(replica)
+        return b"v%d" % len(loads)
+
+    assert await replicas[0].get_or_load(user, lambda: load(0)) == b"v1"
+    clock.now += 5.01
+    for i, cache in enumerate(replicas):
+        assert await cache.get_or_load(user, lambda i=i: load(i)) == b"v1", "stale, at once"
+    for cache in replicas:
+        await refreshed(cache)
+    assert len(loads) == 2, "one of the two loaded it again, not both"
+    for cache in replicas:
+        assert await cache.get_or_load(user, lambda: load(9)) == b"v2"
+    await redis.aclose()

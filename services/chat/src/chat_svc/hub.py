@@ -110,10 +110,16 @@ class Hub:
     def deliver(self, payload: bytes) -> None:
         header_line, _, frame = payload.partition(b"\n")
         header = json.loads(header_line)
-        channel_id, seq = header["c"], header["s"]
-        if header["k"] != "message" or seq is None:
+        if header["k"] == "message" and header["s"] is not None:
+            self._in_order(header, frame)
+        else:
             self._hand(header, frame)
-            return
+
+    def _in_order(self, header: dict[str, Any], frame: bytes) -> None:
+        """Hand a message frame on after the channel's earlier seqs: one heard ahead of the
+        seq due waits (up to the reorder wait); one due, the channel's first heard or an old
+        one (sessions skip repeats) goes at once, followed by those it was holding up."""
+        channel_id, seq = header["c"], header["s"]
         due = self._next_seq.get(channel_id)
         if due is not None and seq > due:
             self._early.setdefault(channel_id, {})[seq] = (header, frame)
@@ -121,7 +127,7 @@ class Hub:
                 self._give_up[channel_id] = asyncio.get_running_loop().call_later(
                     self._reorder_wait, self._release, channel_id)
             return
-        self._hand(header, frame)  # due, the first heard, or old (sessions skip repeats)
+        self._hand(header, frame)
         if due is None and len(self._next_seq) >= CHANNELS_TRACKED_MAX:
             self._next_seq.clear()
         self._next_seq[channel_id] = max(seq + 1, due or 0)
@@ -130,8 +136,9 @@ class Hub:
             REORDERED.labels("in_order").inc()
             self._hand(*waiting)
             self._next_seq[channel_id] += 1
-        if early is not None and not early:
-            self._forget_early(channel_id)
+        if early is not None and not early:  # nothing waits any more: no give-up either
+            del self._early[channel_id]
+            self._give_up.pop(channel_id).cancel()
 
     def _release(self, channel_id: str) -> None:
         """The seq due never came: hand on what waited, in order; the sessions fill the gap
@@ -142,11 +149,6 @@ class Hub:
             REORDERED.labels("gave_up").inc()
             self._hand(*early[seq])
             self._next_seq[channel_id] = seq + 1
-
-    def _forget_early(self, channel_id: str) -> None:
-        self._early.pop(channel_id, None)
-        if (timer := self._give_up.pop(channel_id, None)) is not None:
-            timer.cancel()
 
     def _hand(self, header: dict[str, Any], frame: bytes) -> None:
         kind, channel_id, seq, held = header["k"], header["c"], header["s"], self.sessions

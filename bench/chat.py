@@ -9,7 +9,10 @@ connections cost the chat replicas <= 30 KiB each.
 Each message's text is its send time (`time.time_ns()`), so every receiver computes its
 latency; each client checks that it got its channel's seqs 1..last exactly once, in order.
 The load generator parses only the prefix and the text of a message frame: it shares the
-cores with the stack.
+cores with the stack. For the same reason its delivery clients are picows connections
+(`--client picows`, the default without `--deflate`), whose frames are parsed in C and handed
+over by a callback: the websockets client spent 80 % of a core at 25,000 frames/s, more than
+either chat replica; `--client websockets` (and `--deflate`) measure with that one.
 """
 
 import argparse
@@ -23,14 +26,18 @@ import socket
 import statistics
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from . import chat_procs
+from .drain import wait_drained
 from .stack import embedded_stack, sign_up
 
 DELIVERY_TARGET = "target >= 25,000/s, p99 <= 100 ms, zero loss"
@@ -66,21 +73,75 @@ async def open_channels(base_url: str, groups: list[list[tuple[str, str]]],
 
 # --- connections --------------------------------------------------------------------------
 
+class Light(WSListener):
+    """A delivery client's connection on picows: each text frame goes to `on_text` as it is
+    parsed, with no task, queue or await per frame in between."""
+
+    def __init__(self) -> None:
+        self.transport: WSTransport | None = None
+        self.on_text: Callable[[bytes], None] = self._until_ready
+        self.on_close: Callable[[str], None] = lambda code: None
+        self.ready = asyncio.get_running_loop().create_future()
+        self.close_code: int | None = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type == WSMsgType.TEXT:
+            self.on_text(frame.get_payload_as_bytes())
+        elif frame.msg_type == WSMsgType.CLOSE:
+            self.close_code = frame.get_close_code()
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"closed ({self.close_code}) before ready"))
+        self.on_close(str(self.close_code or "no close frame"))
+
+    def _until_ready(self, raw: bytes) -> None:
+        if not self.ready.done() and json.loads(raw).get("type") == "ready":
+            self.ready.set_result(None)
+
+    async def send(self, text: str) -> None:
+        if self.transport is None or self.transport.is_disconnected:
+            raise ConnectionError("disconnected")
+        self.transport.send(WSMsgType.TEXT, text.encode())
+
+    async def close(self) -> None:
+        if self.transport is not None and not self.transport.is_disconnected:
+            self.transport.send_close(WSCloseCode.OK)
+            self.transport.disconnect()
+
+
+async def _open_light(url: str, token: str) -> Light:
+    transport, light = await ws_connect(Light, url, websocket_handshake_timeout=20)
+    transport.send(WSMsgType.TEXT, json.dumps({"type": "auth", "token": token}).encode())
+    async with asyncio.timeout(20):
+        await light.ready
+    return light
+
+
 async def open_sockets(urls: list[str], tokens: list[str], *, deflate: bool = False,
-                       concurrency: int = 64, give_up_after: int = 20,
-                       ) -> tuple[list[ClientConnection], list[str]]:
+                       light: bool = False, concurrency: int = 64, give_up_after: int = 20,
+                       ) -> tuple[list[Any], list[str]]:
     """An authenticated connection per token (round robin over `urls`), each past `ready`,
-    in the tokens' order; with `deflate`, permessage-deflate as browsers ask for it. If any
-    fails, returns those that opened and why others did not; after `give_up_after` failures
-    the rest are not tried."""
+    in the tokens' order: websockets connections, with `deflate` asking for
+    permessage-deflate as browsers do, or with `light` picows ones (`Light`). If any fails,
+    returns those that opened and why others did not; after `give_up_after` failures the
+    rest are not tried."""
     limit, failures = asyncio.Semaphore(concurrency), []
-    opened: list[ClientConnection | None] = [None] * len(tokens)
+    opened: list[Any] = [None] * len(tokens)
 
     async def one(i: int, token: str) -> None:
         async with limit:
             if len(failures) >= give_up_after:
                 return
             try:
+                if light:
+                    opened[i] = await _open_light(urls[i % len(urls)], token)
+                    return
                 ws = await connect(urls[i % len(urls)], proxy=None,
                                    compression="deflate" if deflate else None,
                                    ping_interval=None, open_timeout=20, close_timeout=2,
@@ -97,7 +158,7 @@ async def open_sockets(urls: list[str], tokens: list[str], *, deflate: bool = Fa
     return [ws for ws in opened if ws is not None], failures
 
 
-async def close_all(sockets: list[ClientConnection]) -> None:
+async def close_all(sockets: list[Any]) -> None:
     for start in range(0, len(sockets), 500):
         await asyncio.gather(*(ws.close() for ws in sockets[start:start + 500]),
                              return_exceptions=True)
@@ -108,7 +169,7 @@ class Client:
 
     __slots__ = ("ws", "channel", "base", "counts", "last", "reordered", "outstanding")
 
-    def __init__(self, ws: ClientConnection, channel: str) -> None:
+    def __init__(self, ws: ClientConnection | Light, channel: str) -> None:
         self.ws, self.channel, self.outstanding = ws, channel, 0
         self.reset(0)
 
@@ -166,32 +227,42 @@ class Fanout:
         self.frames = 0
         self.lost: list[str] = []
 
-    async def listen(self, client: Client) -> None:
-        """Read one connection until it closes; only message frames are counted per client."""
-        recv, skip = client.ws.recv, len(MESSAGE)
+    def listen(self, client: Client) -> asyncio.Task[None] | None:
+        """Count what one connection receives until it closes: a picows connection hands
+        each frame over as it comes, a websockets one is read by a task (returned)."""
+        if isinstance(client.ws, Light):
+            client.ws.on_text = lambda raw: self.heard(client, raw)
+            client.ws.on_close = self.lost.append
+            return None
+        return asyncio.create_task(self._read(client))
+
+    async def _read(self, client: Client) -> None:
+        recv = client.ws.recv
         try:
             while True:
-                raw = await recv(decode=False)
-                self.frames += 1
-                if raw.startswith(MESSAGE):
-                    now = time.time_ns()
-                    comma = raw.index(b",", skip)
-                    at = raw.index(TEXT, comma) + len(TEXT)
-                    tally = self.tally
-                    tally.latencies_ns.append(now - int(raw[at:raw.index(b'"', at)]))
-                    tally.last_delivery_ns = now
-                    client.receive(int(raw[skip:comma]))
-                elif raw.startswith(ACK):
-                    frame = json.loads(raw)
-                    client.outstanding -= 1
-                    self.tally.ack_ns.append(time.time_ns() - int(frame["message"]["text"]))
-                    self.last_seq[client.channel] = max(self.last_seq[client.channel],
-                                                        frame["seq"])
-                elif raw.startswith(ERROR):
-                    client.outstanding -= 1
-                    self.tally.errors.append(raw.decode()[:200])
+                self.heard(client, await recv(decode=False))
         except ConnectionClosed as closed:
             self.lost.append(f"{closed.rcvd.code if closed.rcvd else 'no close frame'}")
+
+    def heard(self, client: Client, raw: bytes) -> None:
+        """One frame; only message frames are counted per client."""
+        self.frames += 1
+        if raw.startswith(MESSAGE):
+            now, skip = time.time_ns(), len(MESSAGE)
+            comma = raw.index(b",", skip)
+            at = raw.index(TEXT, comma) + len(TEXT)
+            tally = self.tally
+            tally.latencies_ns.append(now - int(raw[at:raw.index(b'"', at)]))
+            tally.last_delivery_ns = now
+            client.receive(int(raw[skip:comma]))
+        elif raw.startswith(ACK):
+            frame = json.loads(raw)
+            client.outstanding -= 1
+            self.tally.ack_ns.append(time.time_ns() - int(frame["message"]["text"]))
+            self.last_seq[client.channel] = max(self.last_seq[client.channel], frame["seq"])
+        elif raw.startswith(ERROR):
+            client.outstanding -= 1
+            self.tally.errors.append(raw.decode()[:200])
 
     async def quiet(self, for_s: float = 1.0, timeout_s: float = 15.0) -> None:
         """Wait until no frame arrives for `for_s` (the presence frames of connecting)."""
@@ -221,7 +292,7 @@ class Fanout:
                     await sender.ws.send(
                         f'{{"type":"send","channel_id":"{sender.channel}","client_msg_id":'
                         f'"b{tally.started_ns}-{n}","text":"{time.time_ns()}"}}')
-                except ConnectionClosed:
+                except (ConnectionClosed, ConnectionError):
                     sender.outstanding = OUTSTANDING_MAX  # skipped from now on
                     tally.skipped += 1
                     continue
@@ -295,14 +366,17 @@ async def deliveries(urls: list[str], users: list[tuple[str, str]], channel_ids:
     per_channel = len(users) // len(channel_ids)
     channel_of = [channel_ids[i // per_channel] for i in range(len(users))]
     started = time.monotonic()
-    sockets, failures = await open_sockets(urls, [t for t, _ in users], deflate=args.deflate)
+    light = args.client == "picows" and not args.deflate
+    sockets, failures = await open_sockets(urls, [t for t, _ in users], deflate=args.deflate,
+                                           light=light)
     if failures:
         await close_all(sockets)
         raise ConnectionError(f"{len(sockets)} of {len(users)} connected: {failures[0]}")
     clients = [Client(ws, channel_of[i]) for i, ws in enumerate(sockets)]
-    print(f"{len(clients):,} clients connected in {time.monotonic() - started:.1f} s")
+    print(f"{len(clients):,} clients ({'picows' if light else 'websockets'}) connected in "
+          f"{time.monotonic() - started:.1f} s")
     fanout = Fanout(clients)
-    listeners = [asyncio.create_task(fanout.listen(c)) for c in clients]
+    listeners = [task for c in clients if (task := fanout.listen(c)) is not None]
     await fanout.quiet()
     senders = [clients[c * per_channel + j] for j in range(args.senders)
                for c in range(len(channel_ids))]
@@ -446,6 +520,11 @@ async def _run(base_url: str, args: argparse.Namespace, data_dir: Path | None) -
             members[i:i + per_channel] for i in range(0, len(members), per_channel)])
         print(f"{len(members):,} clients in {len(channel_ids)} channels of {per_channel}, "
               f"{args.senders * len(channel_ids)} senders, {args.duration} s per rate")
+        if data_dir is not None:
+            # The sign-ups' and channels' events are still flowing: not this scenario's load.
+            drained = await asyncio.to_thread(wait_drained, data_dir)
+            print("  their events all through after " + (
+                f"{drained:.1f} s" if drained is not None else "more than 300 s"))
         await _connect_somehow(
             lambda urls, _: deliveries(urls, members, channel_ids, args, data_dir),
             len(members), base_url, args, data_dir)
@@ -481,6 +560,8 @@ def main() -> None:
     parser.add_argument("--replicas", help="e.g. chat=1 (embedded only; default: the stack's)")
     parser.add_argument("--deflate", action="store_true",
                         help="negotiate permessage-deflate, as browsers do (default: off)")
+    parser.add_argument("--client", choices=("picows", "websockets"), default="picows",
+                        help="the delivery clients' library (websockets with --deflate)")
     parser.add_argument("--only", nargs="*", choices=("deliveries", "idle"))
     args = parser.parse_args()
     _raise_file_limit()

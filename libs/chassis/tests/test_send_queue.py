@@ -1,16 +1,11 @@
-"""The per-connection send queue (asyncio.Queue's behaviour for one writer, lighter) and the
-frames encoded once for every connection."""
+"""The per-connection send queue: asyncio.Queue's behaviour for one writer, lighter."""
 
 import asyncio
 import tracemalloc
 
 import pytest
-from websockets.client import ClientProtocol
-from websockets.frames import Opcode
-from websockets.protocol import State
-from websockets.uri import parse_uri
 
-from chassis.sockets import Encoded, SendQueue
+from chassis.sockets import SendQueue
 
 
 async def test_items_come_out_in_order_and_a_full_queue_refuses_more():
@@ -69,27 +64,3 @@ def test_an_idle_queue_costs_less_than_an_asyncio_queue():
     heavy_bytes = sum(s.size_diff for s in after.compare_to(middle, "filename"))
     assert len(light) == len(heavy)
     assert light_bytes * 10 < heavy_bytes
-
-
-async def test_idle_means_the_reader_waits_with_nothing_queued():
-    queue = SendQueue(10)
-    assert not queue.idle(), "no reader yet"
-    reader = asyncio.create_task(queue.get())
-    await asyncio.sleep(0)
-    assert queue.idle()
-    queue.put_nowait("a")
-    assert not queue.idle(), "woken, not yet running"
-    assert await reader == "a"
-    assert not queue.idle()
-
-
-def test_an_encoded_frame_on_the_wire_is_what_a_client_reads():
-    text = "こんにちは " * 30000  # past 64 KiB: the long length form
-    encoded = Encoded(text.encode())
-    for payload in (encoded, Encoded(b'{"type":"pong"}')):
-        client = ClientProtocol(parse_uri("ws://x/"), state=State.OPEN)
-        client.receive_data(payload.wire)
-        [frame] = client.events_received()
-        assert frame.opcode is Opcode.TEXT and frame.fin
-        assert frame.data == payload.data and payload.text == payload.data.decode()
-    assert encoded.wire is encoded.wire, "framed once"

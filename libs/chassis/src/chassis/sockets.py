@@ -15,10 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
-from prometheus_client import Counter
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
 
 from .auth import User
 from .problems import Problem
@@ -26,10 +22,6 @@ from .problems import Problem
 log = logging.getLogger("chassis.sockets")
 AUTH_FAILED, FORBIDDEN_ORIGIN, TOO_BIG = 4401, 4403, 1009
 Serve = Callable[[WebSocket], Awaitable[None]]
-FRAMES_WRITTEN = Counter("ws_frames_written_total",
-                         "WebSocket frames sent: straight to the wire, or through ASGI's send",
-                         ["path"])
-_ON_WIRE, _THROUGH_ASGI = FRAMES_WRITTEN.labels("wire"), FRAMES_WRITTEN.labels("asgi")
 
 
 class DirectSocket:
@@ -52,73 +44,6 @@ class DirectSocket:
         await self.app(scope, receive, send)
 
 
-class Encoded:
-    """One JSON frame encoded once, however many connections it goes to: its UTF-8 `data`,
-    its `text` for the ASGI send path and its `wire` form, the whole WebSocket frame, for
-    connections written to directly (`Wire`); each form is made the first time it is asked
-    for. Server frames are not masked, so without extensions the wire bytes are the same for
-    every connection."""
-
-    __slots__ = ("data", "_text", "_wire")
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self._text: str | None = None
-        self._wire: bytes | None = None
-
-    @property
-    def text(self) -> str:
-        if self._text is None:
-            self._text = self.data.decode()
-        return self._text
-
-    @property
-    def wire(self) -> bytes:
-        if self._wire is None:
-            self._wire = Frame(Opcode.TEXT, self.data).serialize(mask=False)
-        return self._wire
-
-
-class Wire:
-    """Whole frames written straight to a connection's transport, past the ASGI send path
-    (Starlette, uvicorn's protocol and the WebSocket library frame and write each one anew:
-    most of a chat replica's CPU in a fan-out was theirs).
-
-    Only for uvicorn's sans-I/O WebSocket protocol with no extension negotiated (a
-    permessage-deflate connection compresses each frame in its own context) and only while
-    the connection is open and the transport takes writes without backing up: `write` says
-    False otherwise, and the caller goes the ASGI way, which waits for the transport."""
-
-    __slots__ = ("_protocol",)
-
-    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
-        self._protocol = protocol
-
-    @classmethod
-    def of(cls, ws: WebSocket) -> "Wire | None":
-        protocol = getattr(getattr(ws, "_send", None), "__self__", None)
-        if not isinstance(protocol, WebSocketsSansIOProtocol) or protocol.conn.extensions:
-            return None
-        return cls(protocol)
-
-    def write(self, frame: bytes) -> bool:
-        protocol = self._protocol
-        if (protocol.close_sent or protocol.disconnected or protocol.conn.state is not State.OPEN
-                or not protocol.writable.is_set() or protocol.transport.is_closing()):
-            return False
-        protocol.transport.write(frame)
-        _ON_WIRE.inc()
-        return True
-
-
-async def send_encoded(ws: WebSocket, wire: Wire | None, frame: Encoded) -> None:
-    """Send a frame: straight to the wire when it takes it, else the ASGI way (which waits
-    while the transport backs up)."""
-    if wire is None or not wire.write(frame.wire):
-        _THROUGH_ASGI.inc()
-        await ws.send_text(frame.text)
-
-
 class SendQueue:
     """What waits for one connection's writer: a bounded FIFO with a single reader, taking
     asyncio.Queue's `put_nowait`/`get_nowait`/`get`/`qsize` (QueueFull when full).
@@ -137,10 +62,6 @@ class SendQueue:
 
     def qsize(self) -> int:
         return len(self._items) - self._head
-
-    def idle(self) -> bool:
-        """The reader waits in `get`, with nothing queued."""
-        return self._waiter is not None and not self._waiter.done()
 
     def put_nowait(self, item: Any) -> None:
         if self.qsize() >= self._maxsize:

@@ -31,7 +31,6 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 
 from chassis.pubsub import listen
-from chassis.sockets import Encoded
 
 log = logging.getLogger("chat.hub")
 FANOUT = "chat:fanout"
@@ -52,7 +51,7 @@ CHANNELS_TRACKED_MAX = 100_000  # channels whose next seq the hub remembers
 class Receiver(Protocol):
     user_id: str
 
-    def offer(self, kind: str, channel_id: str, seq: int | None, frame: Encoded) -> None: ...
+    def offer(self, kind: str, channel_id: str, seq: int | None, frame: bytes) -> None: ...
 
     async def catch_up(self) -> None: ...
 
@@ -153,10 +152,10 @@ class Hub:
 
     def _hand(self, header: dict[str, Any], frame: bytes) -> None:
         kind, channel_id, seq, held = header["k"], header["c"], header["s"], self.sessions
-        encoded, handed = Encoded(frame), 0
+        handed = 0
         for user_id in header["m"]:
             for session in (targets := tuple(held.get(user_id, ()))):
-                session.offer(kind, channel_id, seq, encoded)
+                session.offer(kind, channel_id, seq, frame)
             handed += len(targets)
         if handed:
             DELIVERED.labels(kind).inc(handed)

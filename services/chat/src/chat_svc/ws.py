@@ -23,14 +23,11 @@ from starlette.websockets import WebSocketState
 from chassis.auth import User
 from chassis.problems import Problem
 from chassis.sockets import (
-    Encoded,
     SendQueue,
-    Wire,
     accept,
     error_frame,
     incoming,
     problem_frame,
-    send_encoded,
 )
 
 from . import commands
@@ -59,15 +56,14 @@ class Session:
         self.delivered: dict[str, int] = {}  # channel -> the last seq really sent
         self.closing: int | None = None
         self.writer: asyncio.Task[None] | None = None
-        self.wire = Wire.of(ws)
 
     # --- what others hand to this session (never blocks) ----------------------------------
 
-    def offer(self, kind: str, channel_id: str, seq: int | None, frame: Encoded) -> None:
+    def offer(self, kind: str, channel_id: str, seq: int | None, frame: bytes) -> None:
         self._put((kind, channel_id, seq, frame))
 
     def send(self, frame: dict[str, Any]) -> None:
-        self._put(("direct", None, None, Encoded(encode(frame))))
+        self._put(("direct", None, None, encode(frame)))
 
     async def catch_up(self) -> None:
         """After the fan-out was interrupted: every channel, from where live frames were."""
@@ -77,7 +73,7 @@ class Session:
         self._put(("sync", None, None, cursors))
 
     def _put(self, item: Any) -> None:
-        if self.closing is not None or self._written_at_once(*item):
+        if self.closing is not None:
             return
         try:
             self.queue.put_nowait(item)
@@ -92,23 +88,6 @@ class Session:
                 # It may be waiting for the socket to drain, which a stalled client never does.
                 self.writer.cancel()
 
-    def _written_at_once(self, kind: str, channel_id: str | None, seq: int | None,
-                         frame: Any) -> bool:
-        """The common case, past the queue and the writer task: the writer waits with
-        nothing queued, the frame is not a message or is its channel's next seq, and the
-        wire takes it. Anything else is the writer's to judge."""
-        if self.wire is None or kind == "sync" or not self.queue.idle():
-            return False
-        if kind == "message":
-            last = self.sent.get(channel_id) if channel_id is not None else None
-            if seq is None or last is None or seq != last + 1:
-                return False
-            if not self.wire.write(frame.wire):
-                return False
-            self.sent[channel_id] = self.delivered[channel_id] = seq
-            return True
-        return self.wire.write(frame.wire)
-
     # --- the writer -----------------------------------------------------------------------
 
     async def write(self) -> None:
@@ -122,9 +101,9 @@ class Session:
             elif kind == "message":
                 await self._message(channel_id, seq, payload)
             else:
-                await send_encoded(self.ws, self.wire, payload)
+                await self.ws.send_text(payload.decode())
 
-    async def _message(self, channel_id: str, seq: int, frame: Encoded) -> None:
+    async def _message(self, channel_id: str, seq: int, frame: bytes) -> None:
         page = self.chat.settings.sync_page_max
         # A channel joined since the session began: its latest page comes along (the rest of
         # its history is a GET away).
@@ -137,12 +116,12 @@ class Session:
                 return
         await self._send(channel_id, seq, frame)
 
-    async def _send(self, channel_id: str, seq: int, frame: Encoded) -> None:
+    async def _send(self, channel_id: str, seq: int, frame: bytes) -> None:
         """Each seq at most once per connection, in increasing order."""
         self.sent[channel_id] = max(self.sent.get(channel_id, 0), seq)
         if seq > self.delivered.get(channel_id, 0):
             self.delivered[channel_id] = seq
-            await send_encoded(self.ws, self.wire, frame)
+            await self.ws.send_text(frame.decode())
 
     async def _fill(self, channel_id: str, after: int, upto: int) -> None:
         """Send the changes between `after` and `upto` from the store, in seq order, a page
@@ -156,7 +135,7 @@ class Session:
                 if message["change_seq"] > upto:
                     break
                 after = message["change_seq"]
-                await self._send(channel_id, after, Encoded(encode(message_frame(message))))
+                await self._send(channel_id, after, encode(message_frame(message)))
             if len(changes) < page or after >= upto - 1 or changes[-1]["change_seq"] > upto:
                 break
         # Changes superseded by later ones leave no row of their own: past them all now.
@@ -182,10 +161,10 @@ class Session:
                 listed = listed[:page]
             for message in listed:
                 await self._send(channel_id, message["change_seq"],
-                                 Encoded(encode(message_frame(message))))
-        await send_encoded(self.ws, self.wire, Encoded(encode({"type": "synced", "cursors": {
+                                 encode(message_frame(message)))
+        await self.ws.send_text(encode({"type": "synced", "cursors": {
             c: max(cursors.get(c, 0), self.delivered.get(c, 0)) for c in changes},
-            "more": more})))
+            "more": more}).decode())
 
 
 async def chat_socket(ws: WebSocket) -> None:

@@ -11,8 +11,9 @@ latency; each client checks that it got its channel's seqs 1..last exactly once,
 The load generator parses only the prefix and the text of a message frame: it shares the
 cores with the stack. For the same reason its delivery clients are picows connections
 (`--client picows`, the default without `--deflate`), whose frames are parsed in C and handed
-over by a callback: the websockets client spent 80 % of a core at 25,000 frames/s, more than
-either chat replica; `--client websockets` (and `--deflate`) measure with that one.
+over by a callback: at 250 messages/s the websockets client took 40-45 % of a core, about as
+much as a chat replica, and was short of CPU, so its late reads inflated the latencies it
+measured; `--client websockets` (and `--deflate`) measure with that one.
 """
 
 import argparse

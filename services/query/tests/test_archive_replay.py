@@ -1,11 +1,17 @@
 """Every event lands in the S3 archive; replaying it rebuilds the same read models and
 search indexes (posts and chat messages)."""
 
+import asyncio
+import json
+import uuid
+
+import aioboto3
 from sqlalchemy import func, select
 
 from chassis.db import Database
-from chassis.testing import aws_client, wait_until
+from chassis.testing import FAKE_AWS, REGION, aws_client, wait_until
 from profile_svc import events as graph
+from query_svc.archive import Archiver
 from query_svc.models import metadata
 from query_svc.replay import replay
 from query_svc.search import MessageScope
@@ -98,3 +104,48 @@ async def search_viewer_for(client, user):
     async with client.app.state.db.sessions() as session:
         return await search_viewer(session, User(id=user.user_id, username=user.username,
                                                  token=""))
+
+
+async def test_a_trickle_within_the_linger_is_archived_together(world, make_user,
+                                                                moto_endpoint):
+    """After a first event the archiver waits out its linger and takes what came meanwhile
+    in full receives: one object and a few receive calls, not a call per event."""
+    sqs, s3 = aws_client("sqs", moto_endpoint), aws_client("s3", moto_endpoint)
+    name = f"archive-trickle-{uuid.uuid4().hex[:8]}"
+    queue = sqs.create_queue(QueueName=name)["QueueUrl"]
+    s3.create_bucket(Bucket=name)
+    alice = make_user("alice")
+    events = [world.post(alice, f"post {i}") for i in range(5)]
+
+    async def trickle() -> None:
+        for event in events:
+            await asyncio.to_thread(sqs.send_message, QueueUrl=queue,
+                                    MessageBody=event.model_dump_json())
+            await asyncio.sleep(0.05)
+
+    kwargs = {"endpoint_url": moto_endpoint, "region_name": REGION, **FAKE_AWS}
+    session = aioboto3.Session()
+    async with session.client("sqs", **kwargs) as async_sqs, \
+            session.client("s3", **kwargs) as async_s3:
+        receives = 0
+        receive = async_sqs.receive_message
+
+        async def counted(**params):
+            nonlocal receives
+            receives += 1
+            return await receive(**params)
+
+        async_sqs.receive_message = counted
+        archiver = Archiver(service="query", name=name, queue_url=queue, sqs=async_sqs,
+                            s3=async_s3, bucket=name, linger_s=1.5, wait_time_s=5)
+        sending = asyncio.create_task(trickle())
+        assert await archiver.archive_once() == len(events)
+        await sending
+    [stored] = s3.list_objects_v2(Bucket=name)["Contents"]
+    lines = s3.get_object(Bucket=name, Key=stored["Key"])["Body"].read().splitlines()
+    assert sorted(json.loads(line)["id"] for line in lines) == sorted(e.id for e in events)
+    assert receives <= 3, "the first, one that takes the rest, one that finds the queue empty"
+    assert sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+    ])["Attributes"] == {"ApproximateNumberOfMessages": "0",
+                         "ApproximateNumberOfMessagesNotVisible": "0"}, "all deleted"

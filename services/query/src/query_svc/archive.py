@@ -67,8 +67,9 @@ class Archiver:
         archived. After a first receive that was not full the archiver lingers, then takes
         what came meanwhile in full receives: a trickle of events otherwise costs a receive
         call each (a call costs moto about a millisecond of CPU)."""
-        messages = await self._receive(self._wait)
-        if messages and len(messages) < 10:
+        first = min(10, self._batch)
+        messages = await self._receive(self._wait, first)
+        if messages and len(messages) < first:
             await asyncio.sleep(self._linger)
         while messages and len(messages) < self._batch:
             got = await self._receive(0, min(10, self._batch - len(messages)))
@@ -93,7 +94,7 @@ class Archiver:
         CONSUMED.labels(self.service, self.name, "handled").inc(len(events))
         return len(events)
 
-    async def _receive(self, wait_s: int, most: int = 10) -> list[dict[str, Any]]:
+    async def _receive(self, wait_s: int, most: int) -> list[dict[str, Any]]:
         return (await self._sqs.receive_message(
             QueueUrl=self._queue, MaxNumberOfMessages=most,
             WaitTimeSeconds=wait_s)).get("Messages", [])

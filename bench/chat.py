@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import (
+    WSCloseCode,
+    WSError,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    ws_connect,
+)
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
@@ -124,6 +132,17 @@ async def _open_light(url: str, token: str) -> Light:
     return light
 
 
+async def _open_websockets(url: str, token: str, deflate: bool) -> ClientConnection:
+    ws = await connect(url, proxy=None, compression="deflate" if deflate else None,
+                       ping_interval=None, open_timeout=20, close_timeout=2,
+                       user_agent_header=None)
+    await ws.send(json.dumps({"type": "auth", "token": token}))
+    async with asyncio.timeout(20):
+        while json.loads(await ws.recv()).get("type") != "ready":
+            pass
+    return ws
+
+
 async def open_sockets(urls: list[str], tokens: list[str], *, deflate: bool = False,
                        light: bool = False, concurrency: int = 64, give_up_after: int = 20,
                        ) -> tuple[list[Any], list[str]]:
@@ -139,20 +158,11 @@ async def open_sockets(urls: list[str], tokens: list[str], *, deflate: bool = Fa
         async with limit:
             if len(failures) >= give_up_after:
                 return
+            url = urls[i % len(urls)]
             try:
-                if light:
-                    opened[i] = await _open_light(urls[i % len(urls)], token)
-                    return
-                ws = await connect(urls[i % len(urls)], proxy=None,
-                                   compression="deflate" if deflate else None,
-                                   ping_interval=None, open_timeout=20, close_timeout=2,
-                                   user_agent_header=None)
-                await ws.send(json.dumps({"type": "auth", "token": token}))
-                async with asyncio.timeout(20):
-                    while json.loads(await ws.recv()).get("type") != "ready":
-                        pass
-                opened[i] = ws
-            except (OSError, TimeoutError, WebSocketException, ValueError) as exc:
+                opened[i] = await (_open_light(url, token) if light
+                                   else _open_websockets(url, token, deflate))
+            except (OSError, TimeoutError, WebSocketException, WSError, ValueError) as exc:
                 failures.append(f"{type(exc).__name__}: {exc}"[:160])
 
     await asyncio.gather(*(one(i, t) for i, t in enumerate(tokens)))

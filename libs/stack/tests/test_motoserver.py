@@ -21,6 +21,7 @@ from stack.moto_patches import (
     keep_published_few,
     make_receipt_handles_quickly,
     match_filters_quickly,
+    name_once,
     pick_attributes_quickly,
     take_sqs_shortcuts,
 )
@@ -184,6 +185,50 @@ def test_the_sqs_shortcuts_count_receive_and_delete_as_moto_does() -> None:
     assert [(f["Id"], f["Code"]) for f in failed] == [("bogus", "ReceiptHandleIsInvalid")]
     assert [m.body for m in sqs.get_queue("q")._messages] == ["c", "later"]
     assert counts(sqs, "q") == ("1", "1", "0")
+
+
+def test_a_batch_delete_takes_out_messages_from_anywhere_in_the_queue() -> None:
+    """Deletes stop scanning once every handle is found: messages far back in the queue,
+    in any order, still go, and nothing else does."""
+    take_sqs_shortcuts()
+    sqs = SQSBackend(REGION, DEFAULT_ACCOUNT_ID)
+    sqs.create_queue("deep")
+    for i in range(50):
+        sqs.send_message("deep", f"m{i}")
+    received = []
+    while len(received) < 50:
+        received += sqs.receive_message("deep", 10, 0, 30)
+    picked = [received[i] for i in (49, 3, 25)]
+    ok, failed = sqs.delete_message_batch("deep", [
+        {"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(picked)])
+    assert ok == ["0", "1", "2"] and failed == []
+    queue = sqs.get_queue("deep")
+    assert [m.body for m in queue._messages] == [
+        f"m{i}" for i in range(50) if i not in (3, 25, 49)]
+    assert {m.body for m in queue.pending_messages} == {m.body for m in queue._messages}
+    ok, _ = sqs.delete_message_batch("deep", [{"Id": "again",
+                                               "ReceiptHandle": picked[0].receipt_handle}])
+    assert ok == ["again"] and len(queue._messages) == 47
+
+
+def test_names_are_converted_once_with_moto_answers() -> None:
+    name_once()
+    import moto.core.utils as utils
+    import moto.sqs.models as sqs_models
+
+    convert = sqs_models.camelcase_to_underscores
+    assert convert.cache_info()  # type: ignore[attr-defined]
+    for name, snake in (("ContentBasedDeduplication", "content_based_deduplication"),
+                        ("ApproximateNumberOfMessagesNotVisible",
+                         "approximate_number_of_messages_not_visible"),
+                        ("QueueArn", "queue_arn"), ("", "")):
+        assert convert(name) == utils.camelcase_to_underscores(name) == snake
+    sqs = SQSBackend(REGION, DEFAULT_ACCOUNT_ID)
+    sqs.create_queue("dedup.fifo", FifoQueue="true", ContentBasedDeduplication="true")
+    for _ in range(2):
+        sqs.send_message("dedup.fifo", "same", group_id="g")
+    assert len(sqs.get_queue("dedup.fifo")._messages) == 1
+    assert sqs.get_queue_attributes("dedup.fifo", ["All"])["ContentBasedDeduplication"] == "true"
 
 
 def test_deletes_racing_sends_lose_nothing() -> None:

@@ -3,8 +3,10 @@ that grew with every message (scans per call, exceptions per filter rule, lists 
 never trimmed). Applied once per process by `apply()`; tested in
 libs/stack/tests/test_motoserver.py."""
 
+import functools
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 KEPT_HANDLES = 10_000  # receipt handles of deleted messages remembered per queue
@@ -108,9 +110,9 @@ def take_sqs_shortcuts() -> None:
     def unix_time_millis(dt: Any = None) -> float:
         return time.time() * 1000.0 if dt is None else _unix_time(dt) * 1000.0
 
-    def ready(queue: Any) -> list[Any]:
+    def ready(queue: Any) -> Iterator[Any]:
         now = time.time() * 1000.0
-        return [m for m in queue._messages if m.visible_at < now and m.delayed_until <= now]
+        return (m for m in queue._messages if m.visible_at < now and m.delayed_until <= now)
 
     def count(which: str) -> property:
         def counted(queue: Any) -> int:
@@ -121,7 +123,7 @@ def take_sqs_shortcuts() -> None:
                 return sum(1 for m in queue._messages if now < m.delayed_until)
             if which == "not_visible":
                 return sum(1 for m in queue._messages if m.visible_at >= now)
-            return len(ready(queue))
+            return sum(1 for _ in ready(queue))
         return property(counted)
 
     send_message = sqs.SQSBackend.send_message
@@ -141,17 +143,30 @@ def take_sqs_shortcuts() -> None:
             queue._messages_lock.wait_for(any_ready, timeout=timeout)
 
     def take_out(queue: Any, handles: set[str]) -> None:
-        """Remove the messages that ever had one of these receipt handles, as moto does."""
+        """Remove the messages that ever had one of these receipt handles, as moto does.
+
+        Handles are unique and the oldest messages are received first, so the messages
+        holding them as their current handles are near the front: the scan stops once all
+        are found. Only when one is not found (an older handle) is the whole queue looked at."""
         with queue._messages_lock:
             if not isinstance(queue.deleted_messages, RecentHandles):
                 queue.deleted_messages = RecentHandles(queue.deleted_messages)
-            kept = []
-            for m in queue._messages:
-                if m.receipt_handle in handles or not handles.isdisjoint(m._old_receipt_handles):
-                    queue.pending_messages.discard(m)
-                    queue.deleted_messages.update(m.all_receipt_handles)
-                else:
-                    kept.append(m)
+            messages, wanted, found = queue._messages, set(handles), []
+            for i, m in enumerate(messages):
+                if m.receipt_handle in wanted:
+                    found.append(i)
+                    wanted.discard(m.receipt_handle)
+                    if not wanted:
+                        break
+            if wanted:
+                found = [i for i, m in enumerate(messages) if m.receipt_handle in handles
+                         or not handles.isdisjoint(m._old_receipt_handles)]
+            # A new list, as moto makes: a receive may be walking the old one.
+            kept = messages.copy()
+            for i in reversed(found):
+                queue.pending_messages.discard(kept[i])
+                queue.deleted_messages.update(kept[i].all_receipt_handles)
+                del kept[i]
             queue._messages = kept
 
     delete_message = sqs.Queue.delete_message
@@ -240,7 +255,27 @@ def make_receipt_handles_quickly() -> None:
     sqs.generate_receipt_handle = receipt_handle
 
 
+def name_once() -> None:
+    """moto turns CamelCase names into snake_case character by character, on every call:
+    a send to a queue converted the names of all of the queue's attributes to read one of
+    them (a third of the server's CPU while SNS fans out). The conversion depends only on
+    its argument, so the modules on the hot paths look each name up once."""
+    import moto.core.responses as responses
+    import moto.core.utils as utils
+    import moto.sns.models as sns
+    import moto.sqs.models as sqs
+
+    convert = utils.camelcase_to_underscores
+    if hasattr(convert, "cache_info"):
+        return
+    remembered = functools.lru_cache(maxsize=4096)(convert)
+    for module in (utils, responses, sns, sqs):
+        if getattr(module, "camelcase_to_underscores", None) is convert:
+            module.camelcase_to_underscores = remembered  # type: ignore[attr-defined]
+
+
 def apply() -> None:
+    name_once()
     take_sqs_shortcuts()
     keep_published_few()
     match_filters_quickly()

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stack.serve import unix_socket_fits
 from stack.testing import running_stack
 
 FAKE_SERVICE = '''
@@ -76,12 +77,27 @@ def test_replicas_share_the_traffic_and_sigterm_stops_everything(tmp_path: Path,
         assert len({a["pid"] for a in answers}) == 2
         assert {a["database"] for a in answers} == {f"sqlite+aiosqlite:///{data / 'fake.db'}"}
         assert set(children) == {"moto", "redis", "fake", "fake-2", "health", "gateway"}
+        # The gateway reaches the replicas over their Unix sockets.
+        conf = (data / "nginx" / "nginx.conf").read_text()
+        assert all(f"server unix:{data / 'run' / name}.sock " in conf
+                   for name in ("fake", "fake-2"))
 
         assert stack.stop(signal.SIGTERM) == 0
     assert not any(alive(pid) for pid in children.values())
     assert (data / "moto.state").stat().st_size > 0
     assert list((data / "run").glob("*.pid")) == []
+    assert list((data / "run").glob("*.sock")) == []
     assert {p.name for p in (data / "logs").iterdir()} >= {"moto.log", "fake.log", "gateway.log"}
+
+
+def test_a_data_dir_too_deep_for_unix_sockets_is_reached_over_tcp(tmp_path: Path,
+                                                                  fake_env: dict) -> None:
+    data = tmp_path / ("d" * (110 - len(str(tmp_path)))) / "data"
+    assert not unix_socket_fits(str(data / "run" / "fake.sock"))
+    with running_stack(data, *FAKE_ARGS, env=fake_env) as stack:
+        assert httpx.get(f"{stack.url}/api/fake/whoami").status_code == 200
+        conf = (data / "nginx" / "nginx.conf").read_text()
+        assert "server 127.0.0.1:" in conf and "unix:" not in conf
 
 
 def test_a_child_that_dies_takes_the_stack_down_with_an_error(tmp_path: Path,

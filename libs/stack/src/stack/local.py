@@ -18,10 +18,12 @@ from chassis.ports import free_port_block
 from .gateway import prepare_local
 from .processes import Child, StartupFailed, answers_ok, stop, wait_until
 from .provision import provision, service_env
+from .serve import unix_socket_fits
 from .topology import Topology
 from .vapid import kept_vapid_keys
 
 log = logging.getLogger("stack.launcher")
+Addresses = dict[str, list[str]]  # service -> its processes' addresses
 # moto stands in for SNS, SQS, S3 and Cognito, which on AWS do not share the services' CPU.
 # When the machine is saturated it yields to the services: a flood of requests then finishes
 # sooner and its events flow later (the follow flood: 607-764 -> 1,105-1,205 follows/s,
@@ -71,14 +73,14 @@ class Stack:
         outputs = provision(opts.topology, endpoint, opts.topology.region)
         (self.data / "outputs.json").write_text(json.dumps(outputs, indent=2))
         url = f"http://{'127.0.0.1' if opts.host in ('0.0.0.0', '') else opts.host}:{opts.port}"
-        upstreams, workers = self._start_services(
+        upstreams, workers, replicas = self._start_services(
             outputs, endpoint, f"redis://127.0.0.1:{redis_port}/0", url, deadline)
         health_port = free_port_block(1)
-        health = self.child("health", [*_uvicorn("stack.health:build_app", health_port)], {
+        health = self.child("health", _serve("stack.health:build_app", health_port), {
             "HEALTH_TARGETS": json.dumps({name: [f"http://{a}" for a in addresses]
                                          for name, addresses in {**upstreams, **workers}.items()})})
         gateway = self.child("gateway", prepare_local(
-            self.data / "nginx", upstreams, health_upstream=f"127.0.0.1:{health_port}",
+            self.data / "nginx", replicas, health_upstream=f"127.0.0.1:{health_port}",
             listen=f"{opts.host}:{opts.port}", topology=opts.topology,
             storage=endpoint.removeprefix("http://")))
         self.front = [health, gateway]
@@ -121,12 +123,14 @@ class Stack:
         raise StartupFailed(f"redis-server did not start; see {self.data / 'logs' / 'redis.log'}")
 
     def _start_services(self, outputs: dict, endpoint: str, redis_url: str, public_url: str,
-                        deadline: float) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-        """Every service's replicas and workers; returns their addresses: the services'
-        (for the gateway) and the workers' (for the health summary only)."""
+                        deadline: float) -> tuple[Addresses, Addresses, Addresses]:
+        """Every service's replicas and workers; returns their addresses: the replicas' TCP
+        ports, the workers' (for the health summary only), and the replicas as the gateway
+        reaches them (their Unix sockets)."""
         opts, port = self.options, self.options.base_port
-        upstreams: dict[str, list[str]] = {}
-        workers: dict[str, list[str]] = {}
+        upstreams: Addresses = {}
+        gateway: Addresses = {}
+        workers: Addresses = {}
         waves: list[list[tuple[Child, int]]] = [[], []]
         for service in opts.topology.services:
             db = opts.database_for(service.name)
@@ -141,13 +145,18 @@ class Stack:
             for replica in range(opts.replicas.get(service.name, service.replicas)):
                 port += 1
                 name = service.name if replica == 0 else f"{service.name}-{replica + 1}"
-                child = self.child(name, _uvicorn(f"{service.name}_svc.main:build_app", port),
+                uds = str(self.data / "run" / f"{name}.sock")
+                if not unix_socket_fits(uds):
+                    uds = None  # a data directory this deep: the gateway uses TCP
+                child = self.child(name, _serve(f"{service.name}_svc.main:build_app", port, uds),
                                    env())
                 waves[min(replica, 1)].append((child, port))
                 upstreams.setdefault(service.name, []).append(f"127.0.0.1:{port}")
+                gateway.setdefault(service.name, []).append(
+                    f"unix:{uds}" if uds else f"127.0.0.1:{port}")
             for worker in service.workers:
                 port += 1
-                child = self.child(worker.name, _uvicorn(worker.app, port), env(worker=worker.name))
+                child = self.child(worker.name, _serve(worker.app, port), env(worker=worker.name))
                 waves[1].append((child, port))
                 workers[worker.name] = [f"127.0.0.1:{port}"]
         # One replica per service first: it creates the shared SQLite tables alone.
@@ -158,7 +167,7 @@ class Stack:
             for child, child_port in wave:
                 wait_until(answers_ok(f"http://127.0.0.1:{child_port}/readyz"),
                            f"{child.name} to be ready", deadline, self.children)
-        return upstreams, workers
+        return upstreams, workers, gateway
 
     @property
     def children(self) -> list[Child]:
@@ -201,6 +210,8 @@ def redis_pid(port: int) -> int | None:
     return None
 
 
-def _uvicorn(factory: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
-            "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "5"]
+def _serve(factory: str, port: int, uds: str | None = None) -> list[str]:
+    """A service process: on `port`, and on the Unix socket `uds` (the gateway's way in)."""
+    return [sys.executable, "-m", "stack.serve", factory, "--port", str(port),
+            *(["--uds", uds] if uds else [])]
+

@@ -56,8 +56,8 @@ def _free_port() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="benchmark a stack that already runs (else start one)")
-    parser.add_argument("--replicas", default="profile=2,query=2",
-                        help="e.g. profile=2,query=2 (embedded only)")
+    parser.add_argument("--replicas", default="profile=2,query=2,post=2",
+                        help="e.g. profile=2,query=2,post=2 (embedded only)")
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
     parser.add_argument("--connections", type=int, default=32)

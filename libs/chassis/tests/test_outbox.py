@@ -5,6 +5,7 @@ from collections import defaultdict
 
 import pytest
 
+from chassis.db import Database
 from chassis.outbox import Lease, OutboxRelay, add_event
 from chassis.testing import receive_messages, running, wait_until
 from chassis.tracing import tracer
@@ -134,3 +135,28 @@ async def test_of_two_relays_only_the_lease_holder_publishes(db, wire, sns, sqs,
         await wait_until(all_published, "the relays published all six events")
     received = [await receive_messages(sqs, w.queue_url, wait_s=1) for w in (left, right)]
     assert sorted(len(messages) for messages in received) == [0, 6]
+
+
+async def test_the_lease_holder_publishes_another_replicas_commit_without_waiting_to_poll(
+        database_url, metadata, db, wire, sns, sqs, thing):
+    """A commit wakes only its own process's relay. On SQLite the lease holder also watches
+    the file for other processes' commits, so another replica's events go out at once, not
+    at the holder's next poll (here 60 s away)."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL has no commit version to watch: its relay polls")
+    wiring = wire()
+    holder = _relay(db, sns, wiring.topic_arn, poll_interval_s=60)
+    other_replica = Database(database_url)  # its own engines and connections, as a process has
+    try:
+        async with running(holder.run()):
+            async def holding() -> bool:
+                return holder._lease.held
+
+            await wait_until(holding, "the relay held its lease")
+            event = thing(1, note="staged by the other replica")
+            async with other_replica.transaction() as session:
+                await add_event(session, metadata.tables["outbox"], event)
+            messages = await receive_messages(sqs, wiring.queue_url, wait_s=10)
+    finally:
+        await other_replica.dispose()
+    assert [b["id"] for b in _bodies(messages)] == [event.id]

@@ -6,6 +6,8 @@ import functools
 import logging
 import os
 import socket
+import sqlite3
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,6 +23,8 @@ from .observability import OUTBOX_FAILURES, OUTBOX_LAG, OUTBOX_PENDING, OUTBOX_P
 log = logging.getLogger("chassis.outbox")
 SNS_BATCH = 10
 LINGER_S = 0.02
+WATCH_S = 0.02  # how often the lease holder looks for other replicas' commits (SQLite)
+LEASE_CHECK_S = 0.5  # how often a relay without the lease looks whether it took it
 
 
 def _row(envelope: Envelope) -> dict[str, Any]:
@@ -84,6 +88,11 @@ class Lease:
         except IntegrityError:
             return False
 
+    @property
+    def held(self) -> bool:
+        """Whether this holder's lease is live, as far as it knows (no query)."""
+        return self._held_until is not None and self._held_until > utcnow()
+
     async def release(self) -> None:
         table = self._table
         self._held_until = None
@@ -117,6 +126,34 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Loop until cancelled; errors back off and are retried, never dropped."""
+        version = self._db.commit_version()
+        watcher = asyncio.create_task(self._watch(version)) if version else None
+        try:
+            await self._loop()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _watch(self, version: Callable[[], int]) -> None:
+        """While holding the lease, wake on commits of other processes (other replicas):
+        their own relays cannot publish while this one holds the lease, and would otherwise
+        wait for the next poll."""
+        seen: int | None = None
+        while True:
+            try:
+                now = version()
+            except sqlite3.Error:
+                log.warning("could not read the database's commit version", exc_info=True)
+                await asyncio.sleep(self._poll)
+                continue
+            held = self._lease.held
+            if held and seen is not None and now != seen:
+                self._wake.set()
+            seen = now
+            # Without the lease, another replica's relay is the one to wake.
+            await asyncio.sleep(WATCH_S if held else LEASE_CHECK_S)
+
+    async def _loop(self) -> None:
         backoff = self._poll
         while True:
             try:

@@ -133,6 +133,7 @@ class OutboxRelay:
         finally:
             if watcher is not None:
                 watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
 
     async def _watch(self, version: Callable[[], int]) -> None:
         """While holding the lease, wake on commits of other processes (other replicas):

@@ -214,4 +214,3 @@ def _serve(factory: str, port: int, uds: str | None = None) -> list[str]:
     """A service process: on `port`, and on the Unix socket `uds` (the gateway's way in)."""
     return [sys.executable, "-m", "stack.serve", factory, "--port", str(port),
             *(["--uds", uds] if uds else [])]
-

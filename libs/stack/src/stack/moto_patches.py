@@ -84,12 +84,14 @@ def take_sqs_shortcuts() -> None:
       (`ContentBasedDeduplication`): three counts of the queue per message sent. Counts
       asked for while a message is being sent are never read, so they are skipped.
     - Counts and the visible messages are found with one clock read per scan, from
-      `time.time()`, not through naive-datetime arithmetic per message.
+      `time.time()`, not through naive-datetime arithmetic per message; a receive walks the
+      visible messages only as far as it hands them out.
     - A long poll re-listed every visible message each time a message arrived anywhere in
       the queue; it now stops at the first visible one.
     - A delete scanned the queue twice per receipt handle and rebuilt the list without the
       queue's lock (a send in between could be lost); a batch of deletes is one scan, under
-      the lock. What each entry answers is still decided by moto.
+      the lock, that stops at the last handle found. What each entry answers is still
+      decided by moto.
     - For each message handed out, the retention check computed all of the queue's
       attributes (three counts again); the period is one field.
     - Every receipt handle of every message ever deleted was kept (a delete repeated with

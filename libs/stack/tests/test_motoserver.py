@@ -187,17 +187,24 @@ def test_the_sqs_shortcuts_count_receive_and_delete_as_moto_does() -> None:
     assert counts(sqs, "q") == ("1", "1", "0")
 
 
+def sent_and_received(name: str, bodies: list[str], *,
+                      visibility: int) -> tuple[SQSBackend, list]:
+    """A backend with the shortcuts whose queue `name` got `bodies`, all received (in flight)."""
+    take_sqs_shortcuts()
+    sqs = SQSBackend(REGION, DEFAULT_ACCOUNT_ID)
+    sqs.create_queue(name)
+    for body in bodies:
+        sqs.send_message(name, body)
+    received: list = []
+    while len(received) < len(bodies):
+        received += sqs.receive_message(name, 10, 0, visibility)
+    return sqs, received
+
+
 def test_a_batch_delete_takes_out_messages_from_anywhere_in_the_queue() -> None:
     """Deletes stop scanning once every handle is found: messages far back in the queue,
     in any order, still go, and nothing else does."""
-    take_sqs_shortcuts()
-    sqs = SQSBackend(REGION, DEFAULT_ACCOUNT_ID)
-    sqs.create_queue("deep")
-    for i in range(50):
-        sqs.send_message("deep", f"m{i}")
-    received = []
-    while len(received) < 50:
-        received += sqs.receive_message("deep", 10, 0, 30)
+    sqs, received = sent_and_received("deep", [f"m{i}" for i in range(50)], visibility=30)
     picked = [received[i] for i in (49, 3, 25)]
     ok, failed = sqs.delete_message_batch("deep", [
         {"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(picked)])
@@ -233,14 +240,8 @@ def test_names_are_converted_once_with_moto_answers() -> None:
 
 def test_deletes_racing_sends_lose_nothing() -> None:
     """Deletes rebuild the message list under the queue's lock: concurrent sends are kept."""
-    take_sqs_shortcuts()
-    sqs = SQSBackend(REGION, DEFAULT_ACCOUNT_ID)
-    sqs.create_queue("busy")
-    for i in range(2000):
-        sqs.send_message("busy", f"old-{i}")
-    received = []
-    while len(received) < 2000:
-        received += sqs.receive_message("busy", 10, 0, 300)
+    sqs, received = sent_and_received("busy", [f"old-{i}" for i in range(2000)],
+                                      visibility=300)
 
     def send() -> None:
         for i in range(2000):

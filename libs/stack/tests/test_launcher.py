@@ -11,13 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stack.local import CONSUMER_NICE
 from stack.serve import unix_socket_fits
 from stack.testing import running_stack
 
 FAKE_SERVICE = '''
 """A chassis service that says which process answered."""
 import os
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from sqlalchemy import MetaData
 from chassis.app import ServiceSpec, create_app
 from chassis.settings import ServiceSettings
@@ -25,8 +26,9 @@ from chassis.settings import ServiceSettings
 router = APIRouter()
 
 @router.get("/api/fake/whoami")
-async def whoami() -> dict:
-    return {"pid": os.getpid(), "database": os.environ["DATABASE_URL"]}
+async def whoami(request: Request) -> dict:
+    return {"pid": os.getpid(), "database": os.environ["DATABASE_URL"],
+            "consumes": request.app.state.settings.run_consumers}
 
 def build_app():
     return create_app(ServiceSettings(), ServiceSpec(name="fake", metadata=MetaData(),
@@ -39,6 +41,9 @@ from stack.topology import Service, Topology, UserPool
 TOPOLOGY = Topology(services=(Service(name="fake", port=0, routes=("/api/fake/",),
                                       publishes=False),),
                     user_pool=UserPool(name="fake-users", client="fake-web"))
+APART = Topology(services=(Service(name="fake", port=0, routes=("/api/fake/",),
+                                   publishes=False, consumer_process=True),),
+                 user_pool=UserPool(name="fake-users", client="fake-web"))
 '''
 
 
@@ -88,6 +93,21 @@ def test_replicas_share_the_traffic_and_sigterm_stops_everything(tmp_path: Path,
     assert list((data / "run").glob("*.pid")) == []
     assert list((data / "run").glob("*.sock")) == []
     assert {p.name for p in (data / "logs").iterdir()} >= {"moto.log", "fake.log", "gateway.log"}
+
+
+def test_a_service_with_a_consumer_process_runs_it_apart_at_a_lower_priority(
+        tmp_path: Path, fake_env: dict) -> None:
+    with running_stack(tmp_path / "data", "--topology", "fake_topology:APART",
+                       env=fake_env) as stack:
+        health = httpx.get(f"{stack.url}/api/health").json()
+        answers = [httpx.get(f"{stack.url}/api/fake/whoami").json() for _ in range(3)]
+        children = stack.child_pids()
+
+        assert health == {"status": "ok", "services": {"fake": "ok", "fake-consumer": "ok"}}
+        # Requests reach the replica, which consumes nothing; the consumer process yields.
+        assert {(a["pid"], a["consumes"]) for a in answers} == {(children["fake"], False)}
+        assert os.getpriority(os.PRIO_PROCESS, children["fake-consumer"]) == \
+            os.getpriority(os.PRIO_PROCESS, children["fake"]) + CONSUMER_NICE
 
 
 def test_a_data_dir_too_deep_for_unix_sockets_is_reached_over_tcp(tmp_path: Path,

@@ -114,7 +114,8 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
     # The queues the deployment has (CONSUME_QUEUES, from the topology); a service may bring
     # handlers for a queue a deployment leaves out. Unset: all of them.
     consumers = {queue: handlers for queue, handlers in spec.consumers.items()
-                 if not settings.consume_queues or queue in settings.consume_queues}
+                 if settings.run_consumers
+                 and (not settings.consume_queues or queue in settings.consume_queues)}
     if consumers:
         # Each consumer keeps one connection in a 20 s long poll; botocore's default pool of
         # ten would make the deletes and the other queues' receives wait for one.

@@ -29,6 +29,11 @@ Addresses = dict[str, list[str]]  # service -> its processes' addresses
 # sooner and its events flow later (the follow flood: 607-764 -> 1,105-1,205 follows/s,
 # alternating runs). With idle CPU a nice value changes nothing.
 MOTO_NICE = 10
+# A service with `consumer_process` (the query service, the notifier) has its queues drained
+# by a process of its own beside the replicas that serve requests, and that process yields the
+# CPU as moto does: the event pipeline takes what requests leave, as on AWS it has CPU of its
+# own (follows p99 36-39 -> 32-34 ms, posts p99 47-48 -> 39-44 ms, alternating runs).
+CONSUMER_NICE = 10
 
 
 @dataclass(frozen=True)
@@ -124,9 +129,10 @@ class Stack:
 
     def _start_services(self, outputs: dict, endpoint: str, redis_url: str, public_url: str,
                         deadline: float) -> tuple[Addresses, Addresses, Addresses]:
-        """Every service's replicas and workers; returns their addresses: the replicas' TCP
-        ports, the workers' (for the health summary only), and the replicas as the gateway
-        reaches them (their Unix sockets)."""
+        """Every service's replicas, which serve requests, and its other processes: its
+        workers and the one that drains its queues. Returns their addresses: the replicas'
+        TCP ports, the other processes' (for the health summary only), and the replicas as
+        the gateway reaches them (their Unix sockets)."""
         opts, port = self.options, self.options.base_port
         upstreams: Addresses = {}
         gateway: Addresses = {}
@@ -142,23 +148,27 @@ class Stack:
                 service_env, outputs, service.name, database_url=db, redis_url=redis_url,
                 endpoint_url=endpoint, topology=opts.topology, search_url=search,
                 public_url=public_url, vapid=kept_vapid_keys(self.data / "vapid.json"))
+            app = f"{service.name}_svc.main:build_app"
             for replica in range(opts.replicas.get(service.name, service.replicas)):
                 port += 1
                 name = service.name if replica == 0 else f"{service.name}-{replica + 1}"
                 uds = str(self.data / "run" / f"{name}.sock")
                 if not unix_socket_fits(uds):
                     uds = None  # a data directory this deep: the gateway uses TCP
-                child = self.child(name, _serve(f"{service.name}_svc.main:build_app", port, uds),
-                                   env())
+                child = self.child(name, _serve(app, port, uds),
+                                   env(run_consumers=not service.consumer_process))
                 waves[min(replica, 1)].append((child, port))
                 upstreams.setdefault(service.name, []).append(f"127.0.0.1:{port}")
                 gateway.setdefault(service.name, []).append(
                     f"unix:{uds}" if uds else f"127.0.0.1:{port}")
-            for worker in service.workers:
+            processes = [(w.name, w.app, env(worker=w.name), 0) for w in service.workers]
+            if service.consumer_process:
+                processes.append((f"{service.name}-consumer", app, env(), CONSUMER_NICE))
+            for name, factory, environment, nice in processes:
                 port += 1
-                child = self.child(worker.name, _serve(worker.app, port), env(worker=worker.name))
+                child = self.child(name, _serve(factory, port, nice=nice), environment)
                 waves[1].append((child, port))
-                workers[worker.name] = [f"127.0.0.1:{port}"]
+                workers[name] = [f"127.0.0.1:{port}"]
         # One replica per service first: it creates the shared SQLite tables alone.
         for wave in waves:
             for child, _ in wave:
@@ -210,7 +220,7 @@ def redis_pid(port: int) -> int | None:
     return None
 
 
-def _serve(factory: str, port: int, uds: str | None = None) -> list[str]:
+def _serve(factory: str, port: int, uds: str | None = None, nice: int = 0) -> list[str]:
     """A service process: on `port`, and on the Unix socket `uds` (the gateway's way in)."""
     return [sys.executable, "-m", "stack.serve", factory, "--port", str(port),
-            *(["--uds", uds] if uds else [])]
+            *(["--uds", uds] if uds else []), *(["--nice", str(nice)] if nice else [])]

@@ -56,7 +56,12 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--uds", help="also listen on this Unix socket path")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="lower this process's CPU priority by this much (before any "
+                             "thread starts, so that every thread has it)")
     args = parser.parse_args()
+    if args.nice:
+        os.nice(args.nice)
     config = uvicorn.Config(args.factory, factory=True, host=args.host, port=args.port,
                             access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     sockets = [config.bind_socket()]

@@ -39,7 +39,10 @@ def build_app(settings: NotifierSettings | None = None) -> FastAPI:
         dispatcher = Dispatcher(db=app.state.db, http=http, sns=sns, sqs=sqs,
                                 settings=settings, dlq_url=dlq)
         holder["dispatcher"] = app.state.dispatcher = dispatcher
-        app.state.tasks["push-dispatcher"] = asyncio.create_task(dispatcher.run())
+        # Pushes come from the consumers' deliveries: they go out from the same process,
+        # woken by its commits (a process that only serves requests has nothing to send).
+        if settings.run_consumers:
+            app.state.tasks["push-dispatcher"] = asyncio.create_task(dispatcher.run())
         app.state.tasks["streams"] = asyncio.create_task(app.state.streams.run())
 
     app = create_app(settings, ServiceSpec(

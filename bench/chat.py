@@ -4,7 +4,9 @@ Targets on 2 cores: 2,000 clients in 20 group channels of 100 members (each user
 connected through the gateway and so spread over both chat replicas, get >= 25,000 message
 deliveries per second (250 messages/s, each to its 100 members' connections) with
 publish-to-receive p99 <= 100 ms and no delivery missing or doubled; 10,000 authenticated idle
-connections cost the chat replicas <= 30 KiB each.
+connections cost the chat replicas <= 30 KiB each. By default it offers 260 messages/s: at
+exactly 250 the deliveries counted over the window (first send to last delivery) come out a
+few dozen below 25,000 per second however fast the stack is, so a pass could never show.
 
 Each message's text is its send time (`time.time_ns()`), so every receiver computes its
 latency; each client checks that it got its channel's seqs 1..last exactly once, in order.
@@ -562,7 +564,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=20)
     parser.add_argument("--senders", type=int, default=10, help="senders per channel")
     parser.add_argument("--duration", type=float, default=20, help="seconds per rate")
-    parser.add_argument("--rate", type=float, nargs="+", default=[250.0],
+    parser.add_argument("--rate", type=float, nargs="+", default=[260.0],
                         help="messages per second in all; several run one after another")
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections")
     parser.add_argument("--idle-users", type=int, default=100, help="users they belong to")

@@ -13,9 +13,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from call_svc.events import CallEnded, CallRinging
 from chassis.db import utcnow
-from chassis.testing import assert_problem, wait_until
+from chassis.testing import assert_problem, serve_in_process, wait_until
 from chat_svc import events as chat_events
 from notifier_svc import delivery, webpush
+from notifier_svc.main import build_app
 from notifier_svc.models import push_jobs, subscriptions
 from post_svc import events as post_events
 from profile_svc import events as profile_events
@@ -356,3 +357,12 @@ def test_the_breaker_opens_after_a_run_of_failures_and_closes_later(monkeypatch)
     assert breaker.allows("push.example")
     breaker.record("push.example", ok=True)
     assert breaker.allows("push.example")
+
+
+async def test_a_replica_that_only_serves_requests_leaves_queues_and_pushes_to_another(settings):
+    app = build_app(settings.model_copy(update={"run_consumers": False}))
+    async with serve_in_process(app) as http:
+        checks = (await http.get("/readyz")).json()["checks"]
+
+    assert not [name for name in checks if name.startswith("consumer:")]
+    assert "push-dispatcher" not in checks and checks["streams"] == "ok"

@@ -2,6 +2,8 @@
 is one the catalog declares."""
 
 from chassis.events import CATALOG
+from chassis.testing import serve_in_process
+from query_svc.main import build_app
 from query_svc.projections import Projector
 from stack.topology import TOPOLOGY
 
@@ -18,3 +20,12 @@ def test_every_published_topic_is_archived():
     archived = {sub.topic for sub in TOPOLOGY.subscriptions if sub.archive}
     publishers = {service.name for service in TOPOLOGY.services if service.topic}
     assert archived == publishers
+
+
+async def test_a_replica_that_only_serves_requests_runs_no_consumer_and_no_archiver(settings):
+    app = build_app(settings.model_copy(update={"run_consumers": False}))
+    async with serve_in_process(app) as http:
+        checks = (await http.get("/readyz")).json()["checks"]
+
+    assert not [name for name in checks if name.startswith(("consumer:", "archive:"))]
+    assert checks["timeline-trim"] == "ok" and checks["database"] == "ok"

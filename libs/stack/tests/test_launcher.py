@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stack.local import CONSUMER_NICE
+from stack.local import EVENTS_NICE
 from stack.serve import unix_socket_fits
 from stack.testing import running_stack
 
@@ -28,7 +28,7 @@ router = APIRouter()
 @router.get("/api/fake/whoami")
 async def whoami(request: Request) -> dict:
     return {"pid": os.getpid(), "database": os.environ["DATABASE_URL"],
-            "consumes": request.app.state.settings.run_consumers}
+            "serve_only": request.app.state.settings.serve_only}
 
 def build_app():
     return create_app(ServiceSettings(), ServiceSpec(name="fake", metadata=MetaData(),
@@ -42,7 +42,7 @@ TOPOLOGY = Topology(services=(Service(name="fake", port=0, routes=("/api/fake/",
                                       publishes=False),),
                     user_pool=UserPool(name="fake-users", client="fake-web"))
 APART = Topology(services=(Service(name="fake", port=0, routes=("/api/fake/",),
-                                   publishes=False, consumer_process=True),),
+                                   publishes=False, events_process=True),),
                  user_pool=UserPool(name="fake-users", client="fake-web"))
 '''
 
@@ -95,7 +95,7 @@ def test_replicas_share_the_traffic_and_sigterm_stops_everything(tmp_path: Path,
     assert {p.name for p in (data / "logs").iterdir()} >= {"moto.log", "fake.log", "gateway.log"}
 
 
-def test_a_service_with_a_consumer_process_runs_it_apart_at_a_lower_priority(
+def test_a_service_with_an_events_process_runs_it_apart_at_a_lower_priority(
         tmp_path: Path, fake_env: dict) -> None:
     with running_stack(tmp_path / "data", "--topology", "fake_topology:APART",
                        env=fake_env) as stack:
@@ -103,11 +103,11 @@ def test_a_service_with_a_consumer_process_runs_it_apart_at_a_lower_priority(
         answers = [httpx.get(f"{stack.url}/api/fake/whoami").json() for _ in range(3)]
         children = stack.child_pids()
 
-        assert health == {"status": "ok", "services": {"fake": "ok", "fake-consumer": "ok"}}
-        # Requests reach the replica, which consumes nothing; the consumer process yields.
-        assert {(a["pid"], a["consumes"]) for a in answers} == {(children["fake"], False)}
-        assert os.getpriority(os.PRIO_PROCESS, children["fake-consumer"]) == \
-            os.getpriority(os.PRIO_PROCESS, children["fake"]) + CONSUMER_NICE
+        assert health == {"status": "ok", "services": {"fake": "ok", "fake-events": "ok"}}
+        # Requests reach the replica, which only serves them; the events process yields.
+        assert {(a["pid"], a["serve_only"]) for a in answers} == {(children["fake"], True)}
+        assert os.getpriority(os.PRIO_PROCESS, children["fake-events"]) == \
+            os.getpriority(os.PRIO_PROCESS, children["fake"]) + EVENTS_NICE
 
 
 def test_a_data_dir_too_deep_for_unix_sockets_is_reached_over_tcp(tmp_path: Path,

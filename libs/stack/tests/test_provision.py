@@ -148,13 +148,13 @@ def test_service_env_is_what_service_settings_read(moto_endpoint: str, topology:
     assert settings.events_topic_arn is None  # beta publishes nothing
     assert settings.cognito_client_id == outputs["client_id"]
     assert settings.aws_client_kwargs()["endpoint_url"] == moto_endpoint
-    assert settings.run_consumers
+    assert not settings.serve_only
     assert set(env) <= {name.upper() for name in ServiceSettings.model_fields}
     web_only = service_env(outputs, beta.name, database_url="sqlite+aiosqlite:///x.db",
                            redis_url=None, endpoint_url=moto_endpoint, topology=topology,
-                           run_consumers=False)
-    monkeypatch.setenv("RUN_CONSUMERS", web_only["RUN_CONSUMERS"])
-    assert not ServiceSettings().run_consumers
+                           serve_only=True)
+    monkeypatch.setenv("SERVE_ONLY", web_only["SERVE_ONLY"])
+    assert ServiceSettings().serve_only
 
 
 def test_cli_writes_the_outputs_as_json(moto_endpoint: str, tmp_path, capsys) -> None:

@@ -360,7 +360,7 @@ def test_the_breaker_opens_after_a_run_of_failures_and_closes_later(monkeypatch)
 
 
 async def test_a_replica_that_only_serves_requests_leaves_queues_and_pushes_to_another(settings):
-    app = build_app(settings.model_copy(update={"run_consumers": False}))
+    app = build_app(settings.model_copy(update={"serve_only": True}))
     async with serve_in_process(app) as http:
         checks = (await http.get("/readyz")).json()["checks"]
 

@@ -23,7 +23,7 @@ def test_every_published_topic_is_archived():
 
 
 async def test_a_replica_that_only_serves_requests_runs_no_consumer_and_no_archiver(settings):
-    app = build_app(settings.model_copy(update={"run_consumers": False}))
+    app = build_app(settings.model_copy(update={"serve_only": True}))
     async with serve_in_process(app) as http:
         checks = (await http.get("/readyz")).json()["checks"]
 

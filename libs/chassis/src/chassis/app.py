@@ -100,7 +100,7 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
     if spec.on_startup:
         await spec.on_startup(app)
     aws_kwargs = settings.aws_client_kwargs()
-    if settings.events_topic_arn:
+    if settings.events_topic_arn and not settings.serve_only:
         sns = await stack.enter_async_context(app.state.aws.client("sns", **aws_kwargs))
         # Named after the service that owns the outbox, not this app: a service's worker
         # process shares its database, outbox and so its relay lease (one publishes at a time).
@@ -114,7 +114,7 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
     # The queues the deployment has (CONSUME_QUEUES, from the topology); a service may bring
     # handlers for a queue a deployment leaves out. Unset: all of them.
     consumers = {queue: handlers for queue, handlers in spec.consumers.items()
-                 if settings.run_consumers
+                 if not settings.serve_only
                  and (not settings.consume_queues or queue in settings.consume_queues)}
     if consumers:
         # Each consumer keeps one connection in a 20 s long poll; botocore's default pool of

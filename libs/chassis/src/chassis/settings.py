@@ -20,9 +20,9 @@ class ServiceSettings(BaseSettings):
 
     events_topic_arn: str | None = None
     consume_queues: tuple[str, ...] = ()
-    # False: the process serves requests only, and another one of the service (the local
-    # stack's `<service>-consumer`) drains its queues and does the work they bring.
-    run_consumers: bool = True
+    # True: the process only serves requests; another process of the service (the local
+    # stack's `<service>-events`) relays its outbox and drains its queues.
+    serve_only: bool = False
     queue_prefix: str = ""
 
     cognito_issuer: str = ""

@@ -32,7 +32,7 @@ def preflight(options: Options) -> None:
         raise StartupFailed(f"{' and '.join(missing)} not installed: run `make up` (it installs "
                             f"them) or `apt-get install -y {' '.join(missing)}`")
     ports = [options.port] + list(range(options.base_port + 1, options.base_port + 1 + sum(
-        options.replicas.get(s.name, s.replicas) + len(s.workers) + s.consumer_process
+        options.replicas.get(s.name, s.replicas) + len(s.workers) + s.events_process
         for s in options.topology.services)))
     busy = [p for p in ports if port_in_use(options.host if p == options.port else "127.0.0.1", p)]
     if busy:

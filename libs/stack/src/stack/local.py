@@ -29,11 +29,12 @@ Addresses = dict[str, list[str]]  # service -> its processes' addresses
 # sooner and its events flow later (the follow flood: 607-764 -> 1,105-1,205 follows/s,
 # alternating runs). With idle CPU a nice value changes nothing.
 MOTO_NICE = 10
-# A service with `consumer_process` (the query service, the notifier) has its queues drained
-# by a process of its own beside the replicas that serve requests, and that process yields the
-# CPU as moto does: the event pipeline takes what requests leave, as on AWS it has CPU of its
-# own (follows p99 36-39 -> 32-34 ms, posts p99 47-48 -> 39-44 ms, alternating runs).
-CONSUMER_NICE = 10
+# A service with `events_process` (the query service, the notifier, chat) has its outbox
+# relayed and its queues drained by a process of its own beside the replicas that serve
+# requests, and that process yields the CPU as moto does: the event pipeline takes what
+# requests leave, as on AWS it has CPU of its own (follows p99 36-39 -> 32-34 ms, posts p99
+# 47-48 -> 39-44 ms; chat at 260 messages/s p99 67-101 -> 53-91 ms; alternating runs).
+EVENTS_NICE = 10
 
 
 @dataclass(frozen=True)
@@ -130,9 +131,9 @@ class Stack:
     def _start_services(self, outputs: dict, endpoint: str, redis_url: str, public_url: str,
                         deadline: float) -> tuple[Addresses, Addresses, Addresses]:
         """Every service's replicas, which serve requests, and its other processes: its
-        workers and the one that drains its queues. Returns their addresses: the replicas'
-        TCP ports, the other processes' (for the health summary only), and the replicas as
-        the gateway reaches them (their Unix sockets)."""
+        workers and the one that relays its outbox and drains its queues. Returns their
+        addresses: the replicas' TCP ports, the other processes' (for the health summary
+        only), and the replicas as the gateway reaches them (their Unix sockets)."""
         opts, port = self.options, self.options.base_port
         upstreams: Addresses = {}
         gateway: Addresses = {}
@@ -156,14 +157,14 @@ class Stack:
                 if not unix_socket_fits(uds):
                     uds = None  # a data directory this deep: the gateway uses TCP
                 child = self.child(name, _serve(app, port, uds),
-                                   env(run_consumers=not service.consumer_process))
+                                   env(serve_only=service.events_process))
                 waves[min(replica, 1)].append((child, port))
                 upstreams.setdefault(service.name, []).append(f"127.0.0.1:{port}")
                 gateway.setdefault(service.name, []).append(
                     f"unix:{uds}" if uds else f"127.0.0.1:{port}")
             processes = [(w.name, w.app, env(worker=w.name), 0) for w in service.workers]
-            if service.consumer_process:
-                processes.append((f"{service.name}-consumer", app, env(), CONSUMER_NICE))
+            if service.events_process:
+                processes.append((f"{service.name}-events", app, env(), EVENTS_NICE))
             for name, factory, environment, nice in processes:
                 port += 1
                 child = self.child(name, _serve(factory, port, nice=nice), environment)

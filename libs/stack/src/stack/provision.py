@@ -243,12 +243,12 @@ def service_env(outputs: dict[str, Any], service_name: str, *, database_url: str
                 redis_url: str | None, endpoint_url: str | None,
                 topology: Topology = TOPOLOGY, log_json: bool = True,
                 search_url: str | None = None, public_url: str | None = None,
-                worker: str | None = None, run_consumers: bool = True,
+                worker: str | None = None, serve_only: bool = False,
                 vapid: tuple[str, str] | None = None) -> dict[str, str]:
     """The environment one service process (or one of its workers) reads into its settings.
 
     `public_url` is where clients reach the gateway: media URLs and, without a real S3,
-    upload forms point there. `run_consumers=False`: a process that only serves requests.
+    upload forms point there. `serve_only`: a process that only serves requests.
     """
     service = topology.service(service_name)
     queues = [s.queue for s in service.subscriptions if not s.archive]
@@ -265,8 +265,8 @@ def service_env(outputs: dict[str, Any], service_name: str, *, database_url: str
         "COGNITO_USER_POOL_ID": outputs["user_pool_id"],
         "LOG_JSON": "true" if log_json else "false",
     }
-    if not run_consumers:
-        env["RUN_CONSUMERS"] = "false"
+    if serve_only:
+        env["SERVE_ONLY"] = "true"
     if redis_url:
         env["REDIS_URL"] = redis_url
     if endpoint_url:

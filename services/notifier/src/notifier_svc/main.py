@@ -41,7 +41,7 @@ def build_app(settings: NotifierSettings | None = None) -> FastAPI:
         holder["dispatcher"] = app.state.dispatcher = dispatcher
         # Pushes come from the consumers' deliveries: they go out from the same process,
         # woken by its commits (a process that only serves requests has nothing to send).
-        if settings.run_consumers:
+        if not settings.serve_only:
             app.state.tasks["push-dispatcher"] = asyncio.create_task(dispatcher.run())
         app.state.tasks["streams"] = asyncio.create_task(app.state.streams.run())
 

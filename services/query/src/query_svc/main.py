@@ -35,7 +35,7 @@ def build_app(settings: QuerySettings | None = None) -> FastAPI:
         stack.push_async_callback(app.state.home_cache.close)
         app.state.tasks["timeline-trim"] = asyncio.create_task(keep_bounded(
             app.state.db, projector, settings.timeline_max, settings.timeline_trim_interval_s))
-        if settings.archive_queues and settings.run_consumers:
+        if settings.archive_queues and not settings.serve_only:
             kwargs = settings.aws_client_kwargs()
             sqs = await stack.enter_async_context(app.state.aws.client("sqs", **kwargs))
             s3 = await stack.enter_async_context(app.state.aws.client("s3", **kwargs))

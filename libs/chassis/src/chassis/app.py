@@ -100,6 +100,8 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
     if spec.on_startup:
         await spec.on_startup(app)
     aws_kwargs = settings.aws_client_kwargs()
+    # A process that only serves requests leaves the relay and the consumers to another
+    # process of its service (SERVE_ONLY).
     if settings.events_topic_arn and not settings.serve_only:
         sns = await stack.enter_async_context(app.state.aws.client("sns", **aws_kwargs))
         # Named after the service that owns the outbox, not this app: a service's worker
@@ -113,9 +115,9 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
         app.state.tasks["outbox-relay"] = asyncio.create_task(relay.run())
     # The queues the deployment has (CONSUME_QUEUES, from the topology); a service may bring
     # handlers for a queue a deployment leaves out. Unset: all of them.
-    consumers = {queue: handlers for queue, handlers in spec.consumers.items()
-                 if not settings.serve_only
-                 and (not settings.consume_queues or queue in settings.consume_queues)}
+    consumers = {} if settings.serve_only else {
+        queue: handlers for queue, handlers in spec.consumers.items()
+        if not settings.consume_queues or queue in settings.consume_queues}
     if consumers:
         # Each consumer keeps one connection in a 20 s long poll; botocore's default pool of
         # ten would make the deletes and the other queues' receives wait for one.

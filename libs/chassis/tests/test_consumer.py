@@ -84,6 +84,52 @@ async def test_a_duplicate_delivery_changes_nothing(db, wire, sqs, thing, handle
     assert await _depth(sqs, wiring.queue_url) == 0, "the message was not deleted"
 
 
+def _batch(*envelopes) -> str:
+    """A message carrying several events, as the outbox relay sends a burst."""
+    return "[" + ",".join(e.model_dump_json() for e in envelopes) + "]"
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "sns-envelope"])
+async def test_every_event_of_a_batch_is_handled_once_and_the_message_deleted(
+        db, wire, sns, sqs, thing, handled, raw):
+    wiring = wire(raw=raw)
+    events = [thing(n, subject=f"agg-{n % 3}") for n in range(9)]
+    await sns.publish(TopicArn=wiring.topic_arn, Message=_batch(*events), MessageAttributes={
+        "event_type": {"DataType": "String", "StringValue": THING}})
+    consumer = _consumer(db, sqs, wiring.queue_url, handled)
+    assert await consumer.handle(await _one(sqs, wiring.queue_url)) == "handled"
+    assert sorted(handled.calls) == sorted(e.id for e in events)
+    for a in range(3):  # one aggregate's events one after the other, in the batch's order
+        ids = [e.id for e in events if e.subject == f"agg-{a}"]
+        assert [i for i in handled.calls if i in ids] == ids
+    assert await db.count("effects") == 9 and await db.count("inbox") == 9
+    assert await _depth(sqs, wiring.queue_url) == 0, "the message was not deleted"
+
+
+async def test_a_batch_with_a_failing_event_returns_and_its_other_events_apply_once(
+        db, wire, sqs, thing, handled):
+    wiring = wire()
+    events = [thing(n, subject=f"agg-{n}") for n in range(4)]
+    failing = {events[2].id}
+
+    async def one_fails_first(session, envelope) -> None:
+        if envelope.id in failing:
+            failing.clear()
+            raise Boom("the third event, once")
+        await handled(session, envelope)
+
+    await sqs.send_message(QueueUrl=wiring.queue_url, MessageBody=_batch(*events))
+    consumer = _consumer(db, sqs, wiring.queue_url, one_fails_first)
+    assert await consumer.handle(await _one(sqs, wiring.queue_url)) == "failed"
+    assert await db.count("effects") == 3
+    assert await consumer.handle(await _one(sqs, wiring.queue_url)) == "handled"
+    assert sorted(handled.calls) == sorted(e.id for e in events), "each event applied once"
+    assert await db.count("effects") == 4
+    assert await _depth(sqs, wiring.queue_url) == 0, "the message was not deleted"
+    await sqs.send_message(QueueUrl=wiring.queue_url, MessageBody=_batch(*events))
+    assert await consumer.handle(await _one(sqs, wiring.queue_url)) == "duplicate"
+
+
 async def test_a_handler_failing_after_writing_commits_nothing_and_the_retry_succeeds(
         db, wire, sqs, thing, handled):
     wiring = wire()
@@ -158,7 +204,8 @@ async def test_poison_messages_reach_the_dlq_after_five_receives_and_redrive_bac
         calls.append(envelope.id)
         raise Boom("poison")
 
-    poison = ["not json", json.dumps({"hello": "world"}), thing(1).model_dump_json()]
+    poison = ["not json", json.dumps({"hello": "world"}), thing(1).model_dump_json(),
+              json.dumps([thing(2).model_dump(mode="json"), "not an event"]), "[]"]
     for body in poison:
         await sqs.send_message(QueueUrl=wiring.queue_url, MessageBody=body)
     async def all_dead_lettered() -> bool:
@@ -168,7 +215,7 @@ async def test_poison_messages_reach_the_dlq_after_five_receives_and_redrive_bac
         await wait_until(all_dead_lettered, "every poison message reached the DLQ", 30)
     assert len(calls) == 5
     assert await _depth(sqs, wiring.queue_url) == 0
-    assert await redrive(sqs, dlq_url=wiring.dlq_url, queue_url=wiring.queue_url) == 3
+    assert await redrive(sqs, dlq_url=wiring.dlq_url, queue_url=wiring.queue_url) == 5
     assert await _depth(sqs, wiring.dlq_url) == 0
     back = await receive_messages(sqs, wiring.queue_url)
     assert sorted(m["Body"] for m in back) == sorted(poison)

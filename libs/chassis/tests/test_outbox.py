@@ -2,11 +2,13 @@
 
 import json
 from collections import defaultdict
+from types import SimpleNamespace
 
 import pytest
 
+from chassis.consumer import events_in
 from chassis.db import Database
-from chassis.outbox import Lease, OutboxRelay, add_event
+from chassis.outbox import CALL_MAX_BYTES, MESSAGE_EVENTS, Lease, OutboxRelay, _calls, add_event
 from chassis.testing import receive_messages, running, wait_until
 from chassis.tracing import tracer
 
@@ -36,7 +38,7 @@ async def _publish_all(relay: OutboxRelay) -> int:
 
 
 def _bodies(messages: list[dict]) -> list[dict]:
-    return [json.loads(m["Body"]) for m in messages]
+    return [body for m in messages for body in events_in(json.loads(m["Body"]))]
 
 
 async def test_events_of_a_rolled_back_transaction_are_never_published(db, wire, sns, sqs, thing):
@@ -105,6 +107,64 @@ async def test_after_an_outage_every_event_is_published_in_order_per_aggregate(
     assert await db.count("outbox", outbox.c.published_at.is_(None)) == 0
 
 
+async def test_a_burst_goes_out_in_few_messages_each_aggregate_in_order(
+        db, wire, sns, sqs, thing):
+    wiring = wire()
+    events = _interleaved(thing, aggregates=4, each=40)
+    await _stage(db, *events)
+    assert await _publish_all(_relay(db, sns, wiring.topic_arn)) == len(events)
+    messages = await receive_messages(sqs, wiring.queue_url)
+    assert len(messages) == -(-len(events) // MESSAGE_EVENTS)
+    received: dict[str, list[int]] = defaultdict(list)
+    for message in messages:
+        attributes = {k: v["StringValue"] for k, v in message["MessageAttributes"].items()}
+        assert attributes["event_type"] == "test.thing-happened"
+        assert "traceparent" not in attributes, "a batch's events carry their own trace"
+        for body in events_in(json.loads(message["Body"])):
+            received[body["subject"]].append(body["data"]["n"])
+    assert received == {f"agg-{a}": list(range(40)) for a in range(4)}
+
+
+def _pending_rows(envelopes) -> list[SimpleNamespace]:
+    return [SimpleNamespace(seq=seq, aggregate=e.subject, payload=e.model_dump(mode="json"))
+            for seq, e in enumerate(envelopes, 1)]
+
+
+def test_a_call_keeps_each_aggregate_in_one_message_of_one_routing(thing):
+    """Messages of one call may arrive in any order: an aggregate's next event goes into the
+    message its earlier ones are in, or waits for a later call with all that follow it."""
+    envelopes = [thing(n, subject=f"agg-{n % 3}") for n in range(12)]
+    # Every fourth event is of another type, so routed in a message of its own.
+    rows = _pending_rows(envelopes)
+    for row in rows[3::4]:
+        row.payload["type"] = "test.other-thing"
+    sent: list[int] = []
+    for call in _calls(rows):
+        where: dict[str, int] = {}
+        for index, message in enumerate(call):
+            assert len({p.routing for p in message}) == 1
+            for pending in message:
+                assert where.setdefault(pending.row.aggregate, index) == index
+                sent.append(pending.row.seq)
+    per_aggregate = defaultdict(list)
+    for seq in sent:
+        per_aggregate[rows[seq - 1].aggregate].append(seq)
+    assert sorted(sent) == [row.seq for row in rows]
+    assert all(seqs == sorted(seqs) for seqs in per_aggregate.values())
+
+
+def test_a_call_stays_within_what_sns_takes(thing):
+    rows = _pending_rows([thing(n, subject=f"agg-{n}", note="x" * 30_000) for n in range(20)]
+                         + [thing(99, subject="huge", note="y" * 300_000)])
+    calls = _calls(rows)
+    assert [p.row.seq for call in calls for message in call for p in message] == list(
+        range(1, 22))
+    for call in calls[:-1]:
+        assert sum(p.size for message in call for p in message) <= CALL_MAX_BYTES
+    assert [p.row.aggregate for message in calls[-1] for p in message] == ["huge"], (
+        "an event too large to share a call still goes out, alone")
+
+
 async def test_a_lease_has_one_holder_until_released(db):
     first, second = Lease(db.database, db.metadata, "job"), Lease(db.database, db.metadata, "job")
     assert await first.acquire()
@@ -133,8 +193,9 @@ async def test_of_two_relays_only_the_lease_holder_publishes(db, wire, sns, sqs,
         for n in range(6):
             await _stage(db, thing(n, subject=f"agg-{n % 2}"))
         await wait_until(all_published, "the relays published all six events")
-    received = [await receive_messages(sqs, w.queue_url, wait_s=1) for w in (left, right)]
-    assert sorted(len(messages) for messages in received) == [0, 6]
+    received = [_bodies(await receive_messages(sqs, w.queue_url, wait_s=1))
+                for w in (left, right)]
+    assert sorted(len(events) for events in received) == [0, 6]
 
 
 async def test_the_lease_holder_publishes_another_replicas_commit_without_waiting_to_poll(

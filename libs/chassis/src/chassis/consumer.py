@@ -99,10 +99,16 @@ async def apply_event(db: Database, inbox: Table, consumer: str, handler: Handle
 
 @dataclass(frozen=True)
 class Delivery:
-    """One received message, unwrapped from its SNS envelope if it has one."""
+    """One received message, unwrapped from its SNS envelope if it has one: a JSON object,
+    or a JSON array of event envelopes (a batch, as the outbox relay sends under load)."""
 
-    body: dict[str, Any]
+    body: dict[str, Any] | list[Any]
     attributes: dict[str, str]
+
+
+def events_in(body: dict[str, Any] | list[Any]) -> list[Any]:
+    """The event bodies a message carries: its one envelope, or each of a batch's in order."""
+    return body if isinstance(body, list) else [body]
 
 
 Decode = Callable[[Delivery], Envelope | None]
@@ -119,18 +125,22 @@ def envelope_of(delivery: Delivery) -> Envelope:
 def unwrap(message: dict[str, Any]) -> Delivery:
     """Read raw delivery and SNS-envelope delivery alike; raises ValueError on garbage."""
     body = json.loads(message["Body"])
-    if not isinstance(body, dict):
-        raise ValueError("message body is not a JSON object")
-    if body.get("Type") == "Notification" and "Message" in body:
+    _check_body(body, "message body")
+    if isinstance(body, dict) and body.get("Type") == "Notification" and "Message" in body:
         attributes = {k: v.get("Value", "")
                       for k, v in (body.get("MessageAttributes") or {}).items()}
         inner = json.loads(body["Message"])
-        if not isinstance(inner, dict):
-            raise ValueError("SNS message is not a JSON object")
+        _check_body(inner, "SNS message")
         return Delivery(inner, attributes)
     attributes = {k: v.get("StringValue", "")
                   for k, v in (message.get("MessageAttributes") or {}).items()}
     return Delivery(body, attributes)
+
+
+def _check_body(body: Any, what: str) -> None:
+    if not (isinstance(body, dict) or (isinstance(body, list) and body
+                                       and all(isinstance(item, dict) for item in body))):
+        raise ValueError(f"{what} is neither a JSON object nor an array of them")
 
 
 class Consumer:
@@ -227,30 +237,56 @@ class Consumer:
         await self._settle(message, outcome)
 
     async def _apply(self, message: dict[str, Any]) -> str:
+        """Apply the message's events; its outcome is the best of theirs (handled before
+        duplicate before ignored), or failed if any failed."""
         async with self._sem:
             heartbeat = asyncio.create_task(self._keep_hidden(message))
             try:
-                outcome = await self._process(message)
+                outcomes = await self._process(message)
             except Exception:
                 log.exception("handling message %s from %s failed", message.get("MessageId"),
                               self.name)
-                outcome = "failed"
+                outcomes = ["failed"]
             finally:
                 heartbeat.cancel()
-            if outcome == "failed":
+            for outcome in outcomes:
+                CONSUMED.labels(self.service, self.name, outcome).inc()
+            if outcomes == ["failed"]:
                 await self._retry_later(message)
-        return outcome
+                return "failed"
+        return next(o for o in ("handled", "duplicate", "ignored") if o in outcomes)
 
     async def _settle(self, message: dict[str, Any], outcome: str) -> None:
         if outcome != "failed":
             await self._delete(message)
-        CONSUMED.labels(self.service, self.name, outcome).inc()
 
-    async def _process(self, message: dict[str, Any]) -> str:
+    async def _process(self, message: dict[str, Any]) -> list[str]:
+        """Each event's outcome. A batch's aggregates are applied side by side (their units
+        share group commits), each aggregate's events one after the other; if any fails,
+        the message comes back and the events already applied are then duplicates."""
         delivery = unwrap(message)
-        envelope = self._decode(delivery)
-        if envelope is None:
-            return "ignored"
+        if isinstance(delivery.body, list):
+            envelopes = [envelope_of(Delivery(body, delivery.attributes))
+                         for body in delivery.body]
+        else:
+            envelope = self._decode(delivery)
+            envelopes = [] if envelope is None else [envelope]
+        if len(envelopes) <= 1:
+            return [await self._process_one(e, delivery) for e in envelopes] or ["ignored"]
+        lanes: dict[str, list[Envelope]] = {}
+        for envelope in envelopes:
+            lanes.setdefault(envelope.subject, []).append(envelope)
+
+        async def lane(events: list[Envelope]) -> list[str]:
+            return [await self._process_one(e, delivery) for e in events]
+
+        results = await asyncio.gather(*map(lane, lanes.values()), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [outcome for result in results for outcome in result]
+
+    async def _process_one(self, envelope: Envelope, delivery: Delivery) -> str:
         handler = self._handlers.get(envelope.type)
         if handler is None:
             log.warning("no handler for %s on %s; dropping", envelope.type, self.name)

@@ -8,6 +8,7 @@ import os
 import socket
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,7 +22,11 @@ from .events import Envelope, routing_attributes
 from .observability import OUTBOX_FAILURES, OUTBOX_LAG, OUTBOX_PENDING, OUTBOX_PUBLISHED
 
 log = logging.getLogger("chassis.outbox")
-SNS_BATCH = 10
+SNS_BATCH = 10  # messages per PublishBatch call, the SNS most
+# What one PublishBatch call may carry, all its messages together, is 256 KiB; this leaves
+# room for their attributes.
+CALL_MAX_BYTES = 240_000
+MESSAGE_EVENTS = 50  # events one message carries at most
 LINGER_S = 0.02
 WATCH_S = 0.02  # how often the lease holder looks for other replicas' commits (SQLite)
 LEASE_CHECK_S = 0.5  # how often a relay without the lease looks whether it took it
@@ -108,7 +113,7 @@ class OutboxRelay:
     """
 
     def __init__(self, *, service: str, db: Database, metadata: MetaData, sns: Any,
-                 topic_arn: str, poll_interval_s: float = 0.5, batch_size: int = 100) -> None:
+                 topic_arn: str, poll_interval_s: float = 0.5, batch_size: int = 500) -> None:
         self._service = service
         self._db = db
         self._outbox = metadata.tables["outbox"]
@@ -195,11 +200,11 @@ class OutboxRelay:
         done: list[int] = []
         failed: list[int] = []
         error: Exception | None = None
-        for chunk in _chunks(rows):
+        for call in _calls(rows):
             try:
-                ok, bad = await self._publish_chunk(chunk)
+                ok, bad = await self._publish_call(call)
             except Exception as exc:  # SNS unreachable or refusing: count the attempt all the same
-                ok, bad, error = [], [r.seq for r in chunk], exc
+                ok, bad, error = [], [p.row.seq for message in call for p in message], exc
             done += ok
             failed += bad
             if bad:
@@ -219,17 +224,17 @@ class OutboxRelay:
             raise RuntimeError(f"{len(failed)} outbox events not accepted by SNS") from error
         return len(done)
 
-    async def _publish_chunk(self, chunk: list[Any]) -> tuple[list[int], list[int]]:
-        entries = [{
-            "Id": str(r.seq),
-            "Message": Envelope.model_validate(r.payload).model_dump_json(),
-            "MessageAttributes": _attributes(r.payload),
-        } for r in chunk]
+    async def _publish_call(self, call: list[list["_Pending"]]) -> tuple[list[int], list[int]]:
+        entries = [{"Id": str(i), "Message": _message_body(message),
+                    "MessageAttributes": _attributes(message)}
+                   for i, message in enumerate(call)]
         response = await self._sns.publish_batch(TopicArn=self._topic_arn,
                                                  PublishBatchRequestEntries=entries)
-        ok = [int(e["Id"]) for e in response.get("Successful", [])]
-        bad = [int(e["Id"]) for e in response.get("Failed", [])]
-        return ok, bad
+
+        def seqs(outcome: str) -> list[int]:
+            return [p.row.seq for e in response.get(outcome, []) for p in call[int(e["Id"])]]
+
+        return seqs("Successful"), seqs("Failed")
 
     async def _record_lag(self, session: AsyncSession) -> None:
         table = self._outbox
@@ -249,35 +254,93 @@ class OutboxRelay:
             return result.rowcount or 0
 
 
-def _chunks(rows: list[Any]) -> list[list[Any]]:
-    """Split rows into SNS batches holding each aggregate at most once, in order.
+@dataclass(frozen=True)
+class _Pending:
+    """An outbox row on its way out: its JSON and the attributes its message is routed by."""
 
-    Entries of one batch call may be published in any order, so an aggregate's next event
-    goes in a later call; a failed call stops the pass before anything behind it is sent.
+    row: Any
+    body: str
+    size: int  # of the body in bytes, as SNS counts it
+    routing: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, row: Any) -> "_Pending":
+        payload = row.payload
+        routing = {"event_type": payload["type"], "producer": payload["producer"],
+                   **routing_attributes(payload["type"], payload["data"])}
+        body = Envelope.model_validate(payload).model_dump_json()
+        return cls(row, body, len(body.encode()), tuple(sorted(routing.items())))
+
+
+def _calls(rows: list[Any]) -> list[list[list[_Pending]]]:
+    """Split rows into PublishBatch calls of up to ten messages; a message carries up to
+    `MESSAGE_EVENTS` events of one routing (type and routing attributes) in outbox order.
+
+    Messages of one call may be delivered in any order, so within a call an aggregate's
+    events all go into one message. An event that cannot join its aggregate's message (it
+    is routed otherwise, or the message or call is full) waits for a later call, and so do
+    the aggregate's later events; a failed call stops the pass before anything behind it is
+    sent. So per-aggregate order holds as it did with one event per message.
     """
-    chunks: list[list[Any]] = []
-    pending = list(rows)
+    calls: list[list[list[_Pending]]] = []
+    pending = [_Pending.of(row) for row in rows]
     while pending:
-        chunk: list[Any] = []
-        seen: set[str] = set()
-        rest: list[Any] = []
-        for row in pending:
-            if row.aggregate in seen or len(chunk) == SNS_BATCH:
-                rest.append(row)
-            else:
-                chunk.append(row)
-                seen.add(row.aggregate)
-        chunks.append(chunk)
+        call = _Call()
+        rest = [item for item in pending if not call.add(item)]
+        calls.append(call.messages)
         pending = rest
-    return chunks
+    return calls
 
 
-def _attributes(payload: dict[str, Any]) -> dict[str, Any]:
-    attributes = {
-        "event_type": {"DataType": "String", "StringValue": payload["type"]},
-        "producer": {"DataType": "String", "StringValue": payload["producer"]},
-    }
-    extra = {**(payload.get("trace") or {}), **routing_attributes(payload["type"], payload["data"])}
-    for key, value in extra.items():
-        attributes[key] = {"DataType": "String", "StringValue": value}
-    return attributes
+class _Call:
+    """The messages of one PublishBatch call, filled in outbox order."""
+
+    def __init__(self) -> None:
+        self.messages: list[list[_Pending]] = []
+        self._open: dict[tuple[tuple[str, str], ...], int] = {}  # routing -> its last message
+        self._placed: dict[str, int] = {}  # aggregate -> its message
+        self._waiting: set[str] = set()  # aggregates with an event left for a later call
+        self._size = 0
+
+    def add(self, item: _Pending) -> bool:
+        """Put the event into a message of this call; False if it must wait for another."""
+        aggregate = item.row.aggregate
+        index = self._slot(item)
+        if index is None or (self._size and self._size + item.size > CALL_MAX_BYTES):
+            self._waiting.add(aggregate)
+            return False
+        if index == len(self.messages):
+            self.messages.append([])
+            self._open[item.routing] = index
+        self.messages[index].append(item)
+        self._placed[aggregate] = index
+        self._size += item.size
+        return True
+
+    def _slot(self, item: _Pending) -> int | None:
+        aggregate = item.row.aggregate
+        if aggregate in self._waiting:
+            return None
+        index = self._placed.get(aggregate, self._open.get(item.routing))
+        if index is not None and (self.messages[index][0].routing == item.routing
+                                  and len(self.messages[index]) < MESSAGE_EVENTS):
+            return index
+        if aggregate in self._placed or len(self.messages) == SNS_BATCH:
+            return None
+        return len(self.messages)
+
+
+def _message_body(message: list[_Pending]) -> str:
+    """One event as its envelope; several as a JSON array of envelopes (`events_in`)."""
+    if len(message) == 1:
+        return message[0].body
+    return "[" + ",".join(p.body for p in message) + "]"
+
+
+def _attributes(message: list[_Pending]) -> dict[str, Any]:
+    """The message's routing attributes; a single event's trace context too (a batch's
+    events each carry their own in the envelope)."""
+    values = dict(message[0].routing)
+    if len(message) == 1:
+        values.update(message[0].row.payload.get("trace") or {})
+    return {key: {"DataType": "String", "StringValue": value} for key, value in values.items()}

@@ -27,6 +27,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from .consumer import events_in
 from .ports import free_port, wait_for_port
 
 REGION = "us-east-1"
@@ -371,7 +372,7 @@ class EventTap:
             got = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10,
                                            WaitTimeSeconds=1).get("Messages", [])
             for message in got:
-                events.append(json.loads(message["Body"]))
+                events += events_in(json.loads(message["Body"]))
                 self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
         return events
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from chassis.consumer import unwrap
+from chassis.consumer import events_in, unwrap
 from chassis.events import Envelope
 from chassis.observability import CONSUMED
 
@@ -79,7 +79,8 @@ class Archiver:
         events, done = [], []
         for message in messages:
             try:
-                events.append(Envelope.model_validate(unwrap(message).body))
+                events += [Envelope.model_validate(body)
+                           for body in events_in(unwrap(message).body)]
                 done.append(message)
             except (ValueError, ValidationError):
                 log.warning("message %s on %s is not an event; leaving it for the DLQ",

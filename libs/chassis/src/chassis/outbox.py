@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import socket
@@ -113,7 +114,7 @@ class OutboxRelay:
     """
 
     def __init__(self, *, service: str, db: Database, metadata: MetaData, sns: Any,
-                 topic_arn: str, poll_interval_s: float = 0.5, batch_size: int = 500) -> None:
+                 topic_arn: str, poll_interval_s: float = 0.5, batch_size: int = 100) -> None:
         self._service = service
         self._db = db
         self._outbox = metadata.tables["outbox"]
@@ -268,7 +269,8 @@ class _Pending:
         payload = row.payload
         routing = {"event_type": payload["type"], "producer": payload["producer"],
                    **routing_attributes(payload["type"], payload["data"])}
-        body = Envelope.model_validate(payload).model_dump_json()
+        # The row holds the envelope as JSON already (`Envelope.model_dump(mode="json")`).
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
         return cls(row, body, len(body.encode()), tuple(sorted(routing.items())))
 
 

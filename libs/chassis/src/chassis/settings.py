@@ -32,7 +32,7 @@ class ServiceSettings(BaseSettings):
     jwks_min_refresh_interval_s: float = 30.0
 
     outbox_poll_interval_s: float = 0.5
-    outbox_batch_size: int = 500  # rows per relay pass: one PublishBatch call can carry 500
+    outbox_batch_size: int = 100  # rows per relay pass (it runs on the event loop)
     consumer_wait_time_s: int = 20
     consumer_concurrency: int = 10
     consumer_visibility_timeout_s: int = 30

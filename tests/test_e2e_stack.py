@@ -54,8 +54,8 @@ def test_health_reports_every_service(stack: RunningStack) -> None:
     assert health.status_code == 200
     assert health.json() == {"status": "ok", "services": {
         "profile": "ok", "post": "ok", "query": "ok", "chat": "ok", "notifier": "ok",
-        "call": "ok", "media-worker": "ok", "query-events": "ok", "chat-events": "ok",
-        "notifier-events": "ok"}}
+        "call": "ok", "media-worker": "ok", "profile-events": "ok", "post-events": "ok",
+        "query-events": "ok", "chat-events": "ok", "notifier-events": "ok"}}
 
 
 def test_unknown_paths_get_a_problem_from_the_gateway(stack: RunningStack) -> None:

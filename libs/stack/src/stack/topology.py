@@ -154,6 +154,9 @@ TOPOLOGY = Topology(
             port=8101,
             routes=("/api/auth/", "/api/profiles/"),
             needs_cognito_admin=True,
+            # Its relay (follows) and its post counts: with events sent in batches they keep
+            # up with the floods, and at nice 10 they no longer slow the requests.
+            events_process=True,
             subscriptions=(
                 Subscription("profile-post", "post", (
                     "post.created", "post.deleted", "media.ready", "media.failed")),
@@ -165,6 +168,7 @@ TOPOLOGY = Topology(
             routes=("/api/posts", "/api/media"),
             needs_media=True,
             system_packages=("ffmpeg",),
+            events_process=True,  # its relay, out of the replicas that take the posts
             subscriptions=(
                 Subscription("post-graph", "profile", (
                     "graph.blocked", "graph.unblocked", "graph.followed", "graph.unfollowed")),

@@ -12,8 +12,9 @@ post scenario, so home timelines have something to fan out to. Search over 100,0
 import argparse
 import asyncio
 import functools
-import socket
 from pathlib import Path
+
+from chassis.ports import free_port
 
 from .drain import wait_drained
 from .lag import measure, settle
@@ -45,12 +46,6 @@ def _settle(base_url: str, users: list[tuple[str, str]], data_dir: Path | None) 
         drained = asyncio.run(settle(base_url, users[0], users[1]))
         label = "next post in a home timeline after"
     print(f"{label:<34} " + (f"{drained:.1f} s" if drained is not None else "more than 300 s"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> None:
@@ -100,7 +95,7 @@ def main() -> None:
     if args.url:
         scenarios(args.url.rstrip("/"))
     else:
-        with embedded_stack(_free_port(), args.replicas) as (base_url, data_dir):
+        with embedded_stack(free_port(), args.replicas) as (base_url, data_dir):
             scenarios(base_url, data_dir)
 
 

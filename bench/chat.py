@@ -25,7 +25,6 @@ import json
 import math
 import os
 import resource
-import socket
 import statistics
 import time
 from array import array
@@ -46,6 +45,8 @@ from picows import (
 )
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from chassis.ports import free_port
 
 from . import chat_procs
 from .drain import wait_drained
@@ -549,12 +550,6 @@ def _raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="benchmark a stack that already runs (else start one)")
@@ -587,7 +582,7 @@ def main() -> None:
         data_dir = args.data_dir if (args.data_dir / "run").is_dir() else None
         run(_run(args.url.rstrip("/"), args, data_dir))
     else:
-        with embedded_stack(_free_port(), args.replicas) as (base_url, data_dir):
+        with embedded_stack(free_port(), args.replicas) as (base_url, data_dir):
             run(_run(base_url, args, data_dir))
 
 

@@ -2,6 +2,7 @@
 full ranking, row keys follow creation time, message pages need no sort, and the parser's
 structure."""
 
+import asyncio
 import random
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import query_svc.search.embedded as embedded
 import query_svc.search.walk as walking
 from query_svc.search import MessageDoc, MessageScope, PostDoc, Viewer
 from query_svc.search.embedded import EmbeddedSearch
@@ -160,4 +162,38 @@ async def test_messages_of_one_millisecond_page_without_loss_or_repeats(tmp_path
             break
     assert sorted(paged) == [f"m{i:04}" for i in range(0, 1100, 2)]
     assert len(paged) == len(set(paged))
+    await engine.close()
+
+
+async def test_writes_at_once_commit_together_and_a_failing_one_leaves_nothing(
+        tmp_path, monkeypatch):
+    tokens = embedded.index_tokens
+
+    def poisoned(text: str) -> str:  # fails after the document's row is written
+        if "poison" in text:
+            raise ValueError("poison")
+        return tokens(text)
+
+    monkeypatch.setattr(embedded, "index_tokens", poisoned)
+    engine = EmbeddedSearch(str(tmp_path / "search.db"))
+    await engine.start()
+    commits = 0
+    run_group = embedded._run_group
+
+    def counted(conn, group):
+        nonlocal commits
+        commits += 1
+        return run_group(conn, group)
+
+    monkeypatch.setattr(embedded, "_run_group", counted)
+    docs = [post(i, "poison" if i == 7 else f"tea number{i}", NOW, visibility="public")
+            for i in range(40)]
+    outcomes = await asyncio.gather(*(engine.index_post(d) for d in docs), return_exceptions=True)
+    assert [i for i, o in enumerate(outcomes) if isinstance(o, ValueError)] == [7]
+    assert commits < 10, "writes that arrived together shared commits"
+    hits = await engine.search_posts("tea", Viewer("id-x", "x"), limit=100, cursor=None)
+    assert sorted(hits.ids) == sorted(d.post_id for i, d in enumerate(docs) if i != 7)
+    stored = await engine._read(lambda c: c.execute(
+        "SELECT count(*) FROM posts WHERE post_id = 'p0007'").fetchone()[0])
+    assert stored == 0, "the failing write's row was rolled back with it"
     await engine.close()

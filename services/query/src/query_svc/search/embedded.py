@@ -45,6 +45,7 @@ from .walk import HitCounts, top_posts
 T = TypeVar("T")
 log = logging.getLogger("query_svc.search")
 
+GROUP_MAX = 64  # index writes per group commit
 _POST_KEY = (float, int, str)  # score, created_us, post_id
 _USER_KEY = (int, int, str, str)  # tier, followers_count, username, user_id
 _MESSAGE_KEY = (int,)  # row key
@@ -80,6 +81,17 @@ class _Workers:
 
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """A transaction, or within a group's (`_run_group`) a savepoint of its own."""
+    if conn.in_transaction:
+        conn.execute("SAVEPOINT write")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK TO write")
+            conn.execute("RELEASE write")
+            raise
+        conn.execute("RELEASE write")
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
@@ -87,6 +99,22 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+_Write = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+
+
+def _run_group(conn: sqlite3.Connection, group: list[_Write]) -> list[tuple[bool, Any]]:
+    """On the writer thread: the writes of a group in one transaction, each in a savepoint,
+    so that one failing leaves the others; each one's (ok, value or exception)."""
+    outcomes: list[tuple[bool, Any]] = []
+    with _transaction(conn):
+        for work, args, _ in group:
+            try:
+                outcomes.append((True, work(conn, *args)))
+            except Exception as exc:
+                outcomes.append((False, exc))
+    return outcomes
 
 
 class EmbeddedSearch:
@@ -100,6 +128,8 @@ class EmbeddedSearch:
         self._hit_counts = HitCounts()
         self._writer: _Workers | None = None
         self._readers: _Workers | None = None
+        self._queued: list[_Write] = []
+        self._committer: asyncio.Task[None] | None = None
 
     def _connect(self, *, readonly: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -138,6 +168,34 @@ class EmbeddedSearch:
             raise RuntimeError("EmbeddedSearch.start() was not awaited")
         return await self._writer.run(work, *args)
 
+    async def _write_grouped(self, work: Callable[..., T], *args: Any) -> T:
+        """`_write` for the index's writes, in group commits: those that arrive while one
+        commits go together in the next (a commit costs more than a document's writes)."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queued.append((work, args, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_queued())
+        return await future
+
+    async def _commit_queued(self) -> None:
+        while self._queued:
+            group, self._queued = self._queued[:GROUP_MAX], self._queued[GROUP_MAX:]
+            try:
+                outcomes = await self._write(_run_group, group)
+            except Exception as exc:
+                outcomes = [(False, exc)] * len(group)
+            except BaseException:  # cancelled (shutting down): nobody is left waiting
+                for _, _, future in group + self._queued:
+                    future.cancel()
+                raise
+            for (_, _, future), (ok, value) in zip(group, outcomes, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
     async def _read(self, work: Callable[..., T], *args: Any) -> T:
         if self._readers is None:
             raise RuntimeError("EmbeddedSearch.start() was not awaited")
@@ -146,16 +204,16 @@ class EmbeddedSearch:
     # --- writes ---------------------------------------------------------------------------
 
     async def index_post(self, doc: PostDoc) -> None:
-        await self._write(_index_post, doc)
+        await self._write_grouped(_index_post, doc)
 
     async def delete_post(self, post_id: str, version: int) -> None:
-        await self._write(_delete_post, post_id, version)
+        await self._write_grouped(_delete_post, post_id, version)
 
     async def index_user(self, doc: UserDoc) -> None:
-        await self._write(_index_user, doc)
+        await self._write_grouped(_index_user, doc)
 
     async def index_message(self, doc: MessageDoc) -> None:
-        await self._write(_index_message, doc)
+        await self._write_grouped(_index_message, doc)
 
     # --- reads ----------------------------------------------------------------------------
 

@@ -157,6 +157,17 @@ def test_service_env_is_what_service_settings_read(moto_endpoint: str, topology:
     assert ServiceSettings().serve_only
 
 
+def test_a_process_that_leaves_the_relay_to_another_gets_no_topic(
+        moto_endpoint: str, topology: Topology) -> None:
+    outputs = provision(topology, moto_endpoint, REGION)
+    alpha = topology.services[0]
+    kwargs = {"database_url": "sqlite+aiosqlite:///x.db", "redis_url": None,
+              "endpoint_url": moto_endpoint, "topology": topology}
+    assert service_env(outputs, alpha.name, **kwargs)["EVENTS_TOPIC_ARN"] == (
+        outputs["topics"][alpha.name])
+    assert "EVENTS_TOPIC_ARN" not in service_env(outputs, alpha.name, relays=False, **kwargs)
+
+
 def test_cli_writes_the_outputs_as_json(moto_endpoint: str, tmp_path, capsys) -> None:
     out = tmp_path / "outputs.json"
 

@@ -29,7 +29,7 @@ Addresses = dict[str, list[str]]  # service -> its processes' addresses
 # sooner and its events flow later (the follow flood: 607-764 -> 1,105-1,205 follows/s,
 # alternating runs). With idle CPU a nice value changes nothing.
 MOTO_NICE = 10
-# A service with `events_process` (the query service, the notifier, chat) has its outbox
+# A service with `events_process` (all but the call service) has its outbox
 # relayed and its queues drained by a process of its own beside the replicas that serve
 # requests, and that process yields the CPU as moto does: the event pipeline takes what
 # requests leave, as on AWS it has CPU of its own (follows p99 36-39 -> 32-34 ms, posts p99
@@ -162,7 +162,10 @@ class Stack:
                 upstreams.setdefault(service.name, []).append(f"127.0.0.1:{port}")
                 gateway.setdefault(service.name, []).append(
                     f"unix:{uds}" if uds else f"127.0.0.1:{port}")
-            processes = [(w.name, w.app, env(worker=w.name), 0) for w in service.workers]
+            # A worker stages events in its service's outbox; where an events process relays
+            # it at nice 10, the worker (at nice 0) is not to take the relay's lease.
+            processes = [(w.name, w.app, env(worker=w.name, relays=not service.events_process), 0)
+                         for w in service.workers]
             if service.events_process:
                 processes.append((f"{service.name}-events", app, env(), EVENTS_NICE))
             for name, factory, environment, nice in processes:

@@ -243,12 +243,14 @@ def service_env(outputs: dict[str, Any], service_name: str, *, database_url: str
                 redis_url: str | None, endpoint_url: str | None,
                 topology: Topology = TOPOLOGY, log_json: bool = True,
                 search_url: str | None = None, public_url: str | None = None,
-                worker: str | None = None, serve_only: bool = False,
+                worker: str | None = None, serve_only: bool = False, relays: bool = True,
                 vapid: tuple[str, str] | None = None) -> dict[str, str]:
     """The environment one service process (or one of its workers) reads into its settings.
 
     `public_url` is where clients reach the gateway: media URLs and, without a real S3,
-    upload forms point there. `serve_only`: a process that only serves requests.
+    upload forms point there. `serve_only`: a process that only serves requests. Not
+    `relays`: a process that stages events but leaves publishing them to another process
+    of its service (no topic: no relay).
     """
     service = topology.service(service_name)
     queues = [s.queue for s in service.subscriptions if not s.archive]
@@ -272,7 +274,7 @@ def service_env(outputs: dict[str, Any], service_name: str, *, database_url: str
     if endpoint_url:
         env["AWS_ENDPOINT_URL"] = endpoint_url
         env.update({key.upper(): value for key, value in LOCAL_CREDENTIALS.items()})
-    if service.topic:
+    if service.topic and relays:
         env["EVENTS_TOPIC_ARN"] = outputs["topics"][service_name]
     if public_url:
         env["PUBLIC_URL"] = public_url.rstrip("/")

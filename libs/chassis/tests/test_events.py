@@ -78,6 +78,7 @@ def test_the_catalog_is_a_valid_draft_2020_12_schema():
     catalog = catalog_schema()
     Draft202012Validator.check_schema(catalog)
     Draft202012Validator.check_schema(catalog["envelope"])
+    Draft202012Validator.check_schema(catalog["message"])
     for schema in catalog["events"].values():
         Draft202012Validator.check_schema(schema)
 
@@ -87,6 +88,15 @@ def test_the_catalog_can_be_narrowed_to_one_producer():
     assert sorted(events) == ["test.member-joined", "test.member-left"]
     assert events["test.member-joined"]["x-event-version"] == 2
     assert events["test.member-joined"]["x-producer"] == PRODUCER
+
+
+def test_a_message_is_one_envelope_or_a_batch_of_them():
+    message = Draft202012Validator(catalog_schema()["message"])
+    envelopes = [_event(example).model_dump(mode="json") for example in EXAMPLES]
+    assert message.is_valid(envelopes[0])
+    assert message.is_valid(envelopes)
+    assert not message.is_valid([])
+    assert not message.is_valid([envelopes[0], {"hello": "world"}])
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: type(e).__name__)

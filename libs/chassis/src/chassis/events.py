@@ -90,10 +90,18 @@ def catalog_schema(producer: str | None = None) -> dict[str, Any]:
         schema["x-event-version"] = version
         schema["x-producer"] = owner
         events[name] = schema
+    envelope = Envelope.model_json_schema()
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "asyncsns event catalog",
-        "envelope": Envelope.model_json_schema(),
+        "envelope": envelope,
+        "message": {
+            "description": "An SQS message's body (raw delivery; the `Message` of an SNS "
+                           "notification otherwise): one envelope, or a batch of envelopes of "
+                           "one type and routing in publishing order, as the outbox relay "
+                           "sends bursts. Consumers apply each event of a batch.",
+            "oneOf": [envelope, {"type": "array", "items": envelope, "minItems": 2}],
+        },
         "events": events,
     }
 

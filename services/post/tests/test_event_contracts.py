@@ -8,9 +8,11 @@ import jsonschema
 import pytest
 
 from chassis.events import catalog_schema
+from chassis.testing import EventTap, aws_client, subscribe_queue
 from post_svc import events as post_events
 from post_svc import media_worker
 from post_svc.graph import EdgeChanged
+from stack.topology import TOPOLOGY
 
 CATALOG = Path(__file__).parents[3] / "docs" / "event-catalog.json"
 POST_SCHEMAS = catalog_schema(producer=post_events.PRODUCER)
@@ -58,3 +60,26 @@ async def test_every_published_event_matches_its_schema(client, app, user, post,
         assert event["version"] == schema["x-event-version"]
         assert event["producer"] == schema["x-producer"] == "post"
         jsonschema.validate(event["data"], schema)
+
+
+async def test_the_notifier_is_sent_only_the_posts_and_likes_that_tell_someone(
+        client, user, post, tap, moto_endpoint, names):
+    # The notifier's subscription, with its filter as deployed.
+    (notifier,) = [s for s in TOPOLOGY.subscriptions if s.queue == "notifier-post"]
+    sqs = aws_client("sqs", moto_endpoint)
+    told = EventTap(sqs, subscribe_queue(aws_client("sns", moto_endpoint), sqs, tap[0],
+                                         f"{names}notifier-post",
+                                         filter_policy=notifier.filter_policy))
+    alice, bob = await user(), await user()
+    plain = await post(alice, "nobody to tell")
+    await post(alice, "hello @someone")
+    await post(bob, "a reply", reply_to=plain["id"])
+    await post(alice, "replying to myself", reply_to=plain["id"])
+    for liker in (bob, alice):
+        await client.put(f"/api/posts/{plain['id']}/like", headers=liker.headers)
+    published = await tap[1].drain(6)
+    assert len(published) == 6
+    sent = await told.drain(4, timeout_s=3)  # all there is: no fourth comes
+    assert sorted((e["type"], e["data"].get("text") or e["data"]["user_id"]) for e in sent) == [
+        ("post.created", "a reply"), ("post.created", "hello @someone"),
+        ("post.liked", bob.id)]

@@ -228,7 +228,9 @@ TOPOLOGY = Topology(
                     "profile.created", "profile.updated", "graph.followed",
                     "graph.unfollowed", "graph.blocked", "graph.unblocked", "graph.muted",
                     "graph.unmuted")),
-                Subscription("notifier-post", "post", ("post.created", "post.liked")),
+                # Only posts that reply to someone or mention anyone, and others' likes.
+                Subscription("notifier-post", "post", ("post.created", "post.liked"),
+                             require=(("notify", "yes"),)),
                 # Only messages with members to push to (most have none: all are online).
                 Subscription("notifier-chat", "chat", ("chat.message_posted",),
                              require=(("push", "yes"),)),

@@ -7,7 +7,7 @@ same state, and an edit that arrives after the delete cannot bring a post back.
 """
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -59,6 +59,13 @@ class PostCreated(PostState):
     """A new post (or reply) was published: at once, or, when it carries media, once every
     one of them is processed (those that failed are left out)."""
 
+    @classmethod
+    def routing(cls, data: dict[str, Any]) -> dict[str, str]:
+        """`notify: yes` when it replies to someone else or mentions anyone: the notifier is
+        sent only those (most posts tell nobody)."""
+        replied = data.get("reply_to_author_id") not in (None, data.get("author_id"))
+        return {"notify": "yes"} if replied or data.get("mentions") else {}
+
 
 @event_type("post.edited", producer=PRODUCER)
 class PostEdited(PostState):
@@ -86,6 +93,11 @@ class LikeChange(EventData):
 @event_type("post.liked", producer=PRODUCER)
 class PostLiked(LikeChange):
     """`user_id` liked the post."""
+
+    @classmethod
+    def routing(cls, data: dict[str, Any]) -> dict[str, str]:
+        """`notify: yes` unless the author liked their own post."""
+        return {"notify": "yes"} if data.get("user_id") != data.get("post_author_id") else {}
 
 
 @event_type("post.unliked", producer=PRODUCER)

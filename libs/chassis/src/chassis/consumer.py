@@ -271,8 +271,8 @@ class Consumer:
         else:
             envelope = self._decode(delivery)
             envelopes = [] if envelope is None else [envelope]
-        if len(envelopes) <= 1:
-            return [await self._process_one(e, delivery) for e in envelopes] or ["ignored"]
+        if not envelopes:
+            return ["ignored"]
         lanes: dict[str, list[Envelope]] = {}
         for envelope in envelopes:
             lanes.setdefault(envelope.subject, []).append(envelope)
@@ -280,6 +280,8 @@ class Consumer:
         async def lane(events: list[Envelope]) -> list[str]:
             return [await self._process_one(e, delivery) for e in events]
 
+        if len(lanes) == 1:
+            return await lane(envelopes)
         results = await asyncio.gather(*map(lane, lanes.values()), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):

@@ -44,7 +44,7 @@ def running_stack(data_dir: Path, *args: str, env: dict[str, str] | None = None,
                   timeout: float = 120, ports: int = 24) -> Iterator[RunningStack]:
     """`asyncsns-stack up` on free ports; stopped with SIGTERM on the way out if still running."""
     # One block: the gateway on its first port, the service processes on the ones after it
-    # (the whole topology has 14 of them), all checked to be free.
+    # (the whole topology has 17 of them), all checked to be free.
     port = free_port_block(ports)
     command = [sys.executable, "-m", "stack.launcher", "up", "--port", str(port),
                "--base-port", str(port), "--data-dir", str(data_dir),

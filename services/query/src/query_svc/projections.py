@@ -10,7 +10,7 @@ their own module, `chat`; the row helpers all handlers share are in `rows`.
 
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, delete, or_, select, update
+from sqlalchemy import String, Table, and_, bindparam, delete, or_, select, union, update
 from sqlalchemy.engine import Connection
 
 from chassis.cache import ViewCache
@@ -74,9 +74,14 @@ def add_to_timelines(conn: Connection, rows: list[dict[str, Any]]) -> None:
 
 _POST_ID = bindparam("post_id")
 _DELETE_FOR_POST = {table.name: delete(table).where(table.c.post_id == _POST_ID)
-                    for table in (timeline, post_tags, post_mentions, post_versions)}
+                    for table in (post_tags, post_mentions, post_versions)}
 _FOLLOWERS = select(edges.c.source).where(edges.c.kind == "follow",
                                           edges.c.target == bindparam("author"), edges.c.active)
+# A post is only in its author's and their followers' home timelines: unfollowing and
+# blocking take it out of the others'. So those are where it is looked for, by key.
+_HOLDERS = union(_FOLLOWERS, select(bindparam("author", type_=String)))
+_OUT_OF_TIMELINES = delete(timeline).where(timeline.c.user_id.in_(_HOLDERS),
+                                           timeline.c.post_id == _POST_ID)
 _FOLLOWERS_COUNT = select(users.c.followers_count).where(users.c.user_id == bindparam("user"))
 _RECENT = (select(posts.c.id).where(
     posts.c.author_id == bindparam("author"), posts.c.deleted.is_(False), posts.c.fanned_out,
@@ -87,7 +92,6 @@ _UNFOLLOWED = delete(timeline).where(timeline.c.user_id == bindparam("follower")
 _BLOCKED = delete(timeline).where(or_(
     and_(timeline.c.user_id == bindparam("a"), timeline.c.author_id == bindparam("b")),
     and_(timeline.c.user_id == bindparam("b"), timeline.c.author_id == bindparam("a"))))
-_HOLDERS = select(timeline.c.user_id).where(timeline.c.post_id == bindparam("post_id"))
 _NAMED = select(users.c.user_id).where(users.c.username.in_(bindparam("names", expanding=True)))
 _SET_CREATED = update(users).where(users.c.user_id == bindparam("user"),
                                    users.c.created_at.is_(None)).values(
@@ -268,7 +272,7 @@ class Projector:
         if row.seq == 0:
             self._touch(envelope, self._went_live(conn, state, values["fanned_out"]))
         else:
-            self._touch(envelope, conn.execute(_HOLDERS, {"post_id": state.post_id}).scalars())
+            self._touch(envelope, conn.execute(_HOLDERS, {"author": state.author_id}).scalars())
             for table in (post_tags, post_mentions):
                 conn.execute(_DELETE_FOR_POST[table.name], {"post_id": state.post_id})
         if state.hashtags:
@@ -305,11 +309,12 @@ class Projector:
         set_values(conn, posts, {"id": data.post_id}, {
             **TOMBSTONE, "author_id": data.author_id, "reply_to": data.reply_to,
             "seq": data.seq})
-        self._touch(envelope, conn.execute(_HOLDERS, {"post_id": data.post_id}).scalars())
+        self._touch(envelope, conn.execute(_HOLDERS, {"author": data.author_id}).scalars())
         if row.seq > 0 and not row.deleted:
             bump(conn, data.author_id, "posts_count", -1)
             if row.reply_to:
                 bump_post(conn, row.reply_to, "reply_count", -1)
+        conn.execute(_OUT_OF_TIMELINES, {"post_id": data.post_id, "author": data.author_id})
         for statement in _DELETE_FOR_POST.values():
             conn.execute(statement, {"post_id": data.post_id})
 

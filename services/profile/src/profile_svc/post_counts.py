@@ -6,7 +6,7 @@ only the two this needs are read (the catalog contract test covers the rest).
 """
 
 from pydantic import ConfigDict
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from chassis.consumer import Apply
@@ -24,20 +24,27 @@ class PostRef(EventData):
     author_id: str
 
 
+# Built once: building a statement per event was half of what a post cost this consumer.
+_BUMP = (update(_PROFILES).where(_PROFILES.c.user_id == bindparam("user"))
+         .values(posts_count=_PROFILES.c.posts_count + bindparam("delta")))
+_STATE = select(_COUNTED.c.live).where(_COUNTED.c.post_id == bindparam("post"))
+_COUNT = insert(_COUNTED)
+_UNCOUNT = update(_COUNTED).where(_COUNTED.c.post_id == bindparam("post")).values(live=False)
+
+
 def _bump(conn: Connection, user_id: str, delta: int) -> None:
-    conn.execute(update(_PROFILES).where(_PROFILES.c.user_id == user_id)
-                 .values(posts_count=_PROFILES.c.posts_count + delta))
+    conn.execute(_BUMP, {"user": user_id, "delta": delta})
 
 
 def _state(conn: Connection, post_id: str) -> bool | None:
-    return conn.execute(select(_COUNTED.c.live).where(_COUNTED.c.post_id == post_id)).scalar()
+    return conn.execute(_STATE, {"post": post_id}).scalar()
 
 
 def created(conn: Connection, envelope: Envelope) -> None:
     post = PostRef.model_validate(envelope.data)
     if _state(conn, post.post_id) is None:
-        conn.execute(insert(_COUNTED).values(post_id=post.post_id, author_id=post.author_id,
-                                             live=True))
+        conn.execute(_COUNT, {"post_id": post.post_id, "author_id": post.author_id,
+                              "live": True})
         _bump(conn, post.author_id, 1)
 
 
@@ -45,11 +52,10 @@ def deleted(conn: Connection, envelope: Envelope) -> None:
     post = PostRef.model_validate(envelope.data)
     live = _state(conn, post.post_id)
     if live is None:  # the delete overtook the create
-        conn.execute(insert(_COUNTED).values(post_id=post.post_id, author_id=post.author_id,
-                                             live=False))
+        conn.execute(_COUNT, {"post_id": post.post_id, "author_id": post.author_id,
+                              "live": False})
     elif live:
-        conn.execute(update(_COUNTED).where(_COUNTED.c.post_id == post.post_id)
-                     .values(live=False))
+        conn.execute(_UNCOUNT, {"post": post.post_id})
         _bump(conn, post.author_id, -1)
 
 

@@ -10,7 +10,18 @@ their own module, `chat`; the row helpers all handlers share are in `rows`.
 
 from typing import Any
 
-from sqlalchemy import String, Table, and_, bindparam, delete, or_, select, union, update
+from sqlalchemy import (
+    String,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    insert,
+    or_,
+    select,
+    union,
+    update,
+)
 from sqlalchemy.engine import Connection
 
 from chassis.cache import ViewCache
@@ -53,17 +64,22 @@ def _add(table: Table, column: str) -> Any:
             .values({column: table.c[column] + bindparam("delta")}))
 
 
+def _bump(conn: Connection, table: Table, key: dict[str, Any], column: str, delta: int) -> None:
+    """Move a counter; its row is created first if missing (rarely: the update is tried
+    first, so the usual case is one statement)."""
+    statement = STATEMENTS.get(conn, f"bump:{table.name}:{column}", lambda _: _add(table, column))
+    params = {**{f"k_{k}": v for k, v in key.items()}, "delta": delta}
+    if conn.execute(statement, params).rowcount == 0:
+        create_missing(conn, table, key)
+        conn.execute(statement, params)
+
+
 def bump(conn: Connection, user_id: str, column: str, delta: int) -> None:
-    create_missing(conn, users, {"user_id": user_id})
-    conn.execute(STATEMENTS.get(conn, f"bump:users:{column}", lambda _: _add(users, column)),
-                 {"k_user_id": user_id, "delta": delta})
+    _bump(conn, users, {"user_id": user_id}, column, delta)
 
 
 def bump_post(conn: Connection, post_id: str, column: str, delta: int) -> None:
-    create_missing(conn, post_stats, {"post_id": post_id})
-    conn.execute(STATEMENTS.get(conn, f"bump:post_stats:{column}",
-                                lambda _: _add(post_stats, column)),
-                 {"k_post_id": post_id, "delta": delta})
+    _bump(conn, post_stats, {"post_id": post_id}, column, delta)
 
 
 def add_to_timelines(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -93,6 +109,8 @@ _BLOCKED = delete(timeline).where(or_(
     and_(timeline.c.user_id == bindparam("a"), timeline.c.author_id == bindparam("b")),
     and_(timeline.c.user_id == bindparam("b"), timeline.c.author_id == bindparam("a"))))
 _NAMED = select(users.c.user_id).where(users.c.username.in_(bindparam("names", expanding=True)))
+_TAGGED = insert(post_tags)
+_MENTIONED = insert(post_mentions)
 _SET_CREATED = update(users).where(users.c.user_id == bindparam("user"),
                                    users.c.created_at.is_(None)).values(
                                        created_at=bindparam("created_at"))
@@ -247,16 +265,6 @@ class Projector:
 
     def on_post_state(self, conn: Connection, envelope: Envelope) -> None:
         state = post_events.PostState.model_validate(envelope.data)
-        row = self._lock_post(conn, state.post_id, state.author_id)
-        if row.deleted:
-            return  # a delete outranks every version of the post
-        version = {"post_id": state.post_id, "version": state.version, "text": state.text,
-                   "content_warning": state.content_warning,
-                   "created_at": state.edited_at or state.created_at}
-        conn.execute(STATEMENTS.get(conn, "version:add", lambda insert_: insert_(post_versions)
-                                    .on_conflict_do_nothing()), version)
-        if row.seq >= state.seq:
-            return
         values = {
             "author_id": state.author_id, "author_username": state.author_username,
             "text": state.text, "visibility": state.visibility, "reply_to": state.reply_to,
@@ -265,22 +273,54 @@ class Projector:
             "content_warning": state.content_warning, "hashtags": state.hashtags,
             "mentions": state.mentions, "version": state.version, "seq": state.seq,
             "created_at": state.created_at, "edited_at": state.edited_at}
+        followers = conn.execute(_FOLLOWERS_COUNT, {"user": state.author_id}).scalar()
+        fanned_out = (followers or 0) < self.fanout_threshold
+        # Usually no event about the post was applied yet: its whole row goes in at once
+        # (a placeholder, a lock and an update cost a post three writes of its row).
+        new = STATEMENTS.get(conn, "post:new", lambda insert_: insert_(posts)
+                             .on_conflict_do_nothing(index_elements=["id"]))
+        if conn.execute(new, {"id": state.post_id, **values,
+                              "deleted": False, "fanned_out": fanned_out}).rowcount == 1:
+            self._add_version(conn, state)
+            self._touch(envelope, self._went_live(conn, state, fanned_out))
+            self._add_terms(conn, state)
+            return
+        row = self._lock_post(conn, state.post_id, state.author_id)
+        if row.deleted:
+            return  # a delete outranks every version of the post
+        self._add_version(conn, state)
+        if row.seq >= state.seq:
+            return
         if row.seq == 0:
-            followers = conn.execute(_FOLLOWERS_COUNT, {"user": state.author_id}).scalar()
-            values["fanned_out"] = (followers or 0) < self.fanout_threshold
+            values["fanned_out"] = fanned_out
         set_values(conn, posts, {"id": state.post_id}, values)
         if row.seq == 0:
-            self._touch(envelope, self._went_live(conn, state, values["fanned_out"]))
+            self._touch(envelope, self._went_live(conn, state, fanned_out))
         else:
             self._touch(envelope, conn.execute(_HOLDERS, {"author": state.author_id}).scalars())
             for table in (post_tags, post_mentions):
                 conn.execute(_DELETE_FOR_POST[table.name], {"post_id": state.post_id})
+        self._add_terms(conn, state)
+
+    @staticmethod
+    def _add_version(conn: Connection, state: post_events.PostState) -> None:
+        """Keep the text of this version for the post's history (every version, in any
+        order: a late one still belongs there)."""
+        conn.execute(STATEMENTS.get(conn, "version:add", lambda insert_: insert_(post_versions)
+                                    .on_conflict_do_nothing()),
+                     {"post_id": state.post_id, "version": state.version, "text": state.text,
+                      "content_warning": state.content_warning,
+                      "created_at": state.edited_at or state.created_at})
+
+    @staticmethod
+    def _add_terms(conn: Connection, state: post_events.PostState) -> None:
+        """The post's hashtags and mentions, for tag timelines and direct posts."""
         if state.hashtags:
-            conn.execute(post_tags.insert(), [{"tag": tag, "post_id": state.post_id}
-                                              for tag in state.hashtags])
+            conn.execute(_TAGGED, [{"tag": tag, "post_id": state.post_id}
+                                   for tag in state.hashtags])
         if state.mentions:
-            conn.execute(post_mentions.insert(), [{"post_id": state.post_id, "username": name}
-                                                  for name in state.mentions])
+            conn.execute(_MENTIONED, [{"post_id": state.post_id, "username": name}
+                                      for name in state.mentions])
 
     def _went_live(self, conn: Connection, state: post_events.PostState,
                    fanned_out: bool) -> set[str]:

@@ -17,6 +17,7 @@ from sqlalchemy import MetaData, Table, and_, delete, func, insert, or_, select,
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import Insert
 
 from .db import Database, utcnow
 from .events import Envelope, routing_attributes
@@ -39,15 +40,22 @@ def _row(envelope: Envelope) -> dict[str, Any]:
             "attempts": 0}
 
 
+@functools.cache
+def _insert(outbox: Table) -> Insert:
+    """The outbox's INSERT, built once per table: building it per event costs more CPU than
+    the SQLite insert it runs."""
+    return insert(outbox)
+
+
 async def add_event(session: AsyncSession, outbox: Table, envelope: Envelope) -> None:
     """Stage an event in the caller's transaction; it is published only if that commits."""
-    await session.execute(insert(outbox), _row(envelope))
+    await session.execute(_insert(outbox), _row(envelope))
     session.info["outbox_dirty"] = True
 
 
 def stage_event(conn: Connection, outbox: Table, envelope: Envelope) -> None:
     """`add_event` for a synchronous unit of work run by `Database.run`."""
-    conn.execute(insert(outbox), _row(envelope))
+    conn.execute(_insert(outbox), _row(envelope))
     conn.info["outbox_dirty"] = True
 
 

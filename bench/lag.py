@@ -45,7 +45,8 @@ async def _wait_for(http: httpx.AsyncClient, path: str, headers: dict[str, str],
 async def measure(base_url: str, author: tuple[str, str], reader: tuple[str, str],
                   duration_s: float) -> Lags:
     """Post as `author` for `duration_s`, one probe at a time; watch for each post as
-    `reader` (who follows the author) in the home timeline and in search."""
+    `reader` (who follows the author) in the home timeline and in search. The reader should
+    follow no one else: the probe looks at the first page only."""
     as_author = {"Authorization": f"Bearer {author[0]}"}
     as_reader = {"Authorization": f"Bearer {reader[0]}"}
     lags = Lags(0, [], [])

@@ -8,6 +8,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LUA = """
+-- At a set rate (requests per second, 0 for as fast as the server answers), each thread keeps
+-- a schedule: a connection waits for its request's slot, so requests go out steadily rather
+-- than each as soon as the last one's answer came.
+local rate = %(rate)s
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clock, bench_timespec *now);
+]]
+local clock = ffi.new("bench_timespec")
+local next_ms = nil
+
+local function now_ms()
+  ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
+  return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
+end
+
+if rate > 0 then
+  function delay()
+    local now = now_ms()
+    next_ms = next_ms or now
+    local wait = next_ms - now
+    next_ms = next_ms + %(threads)d * 1000 / rate
+    return wait > 0 and wait or 0
+  end
+end
+
 local lines = {}
 for line in io.lines("%(users)s") do
   local token, id = line:match("^(%%S+) (%%S+)$")
@@ -73,9 +100,11 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(name: str, base_url: str, users: list[tuple[str, str]], mode: str, *,
-            connections: int, duration_s: int, threads: int = 2, warmup_s: int = 0) -> Result:
+            connections: int, duration_s: int, threads: int = 2, warmup_s: int = 0,
+            rate: float = 0) -> Result:
     """Run wrk against `base_url` with one of the scripted request mixes, after `warmup_s`
-    seconds of the same load whose numbers are dropped."""
+    seconds of the same load whose numbers are dropped; at most `rate` requests a second
+    if one is given (latencies then count from each request's sending, not its slot)."""
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: run `make deps` (apt package wrk)")
     workdir = Path(tempfile.mkdtemp(prefix="asyncsns-wrk-"))
@@ -84,7 +113,7 @@ def run_wrk(name: str, base_url: str, users: list[tuple[str, str]], mode: str, *
     def wrk(seconds: int, part: int) -> str:
         script = workdir / f"script{part}.lua"
         script.write_text(LUA % {"users": workdir / "users.txt", "mode": mode,
-                                 "threads": threads, "part": part})
+                                 "threads": threads, "part": part, "rate": rate})
         return subprocess.run(
             ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
              "-s", str(script), base_url], capture_output=True, text=True, check=True).stdout

@@ -1,6 +1,7 @@
 """SQS consumer: long polls, handles each message once (inbox), deletes only after commit."""
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -50,19 +51,18 @@ class Apply:
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]] | Apply
 
 
-_INBOX_ROWS: dict[Table, Callable[[Connection], Any]] = {}
+@functools.cache
+def _inbox_insert(inbox: Table) -> Callable[[Connection], Any]:
+    """The inbox's INSERT ... ON CONFLICT DO NOTHING, built once per table and dialect."""
+    return per_dialect(lambda insert_into: insert_into(inbox).on_conflict_do_nothing())
 
 
 def record_in_inbox(conn: Connection, inbox: Table, consumer: str, envelope: Envelope) -> bool:
     """Insert the event's inbox row; False if this consumer has handled it already (one
     statement: the row is skipped on conflict, no savepoint around it)."""
-    statement = _INBOX_ROWS.get(inbox)
-    if statement is None:
-        statement = _INBOX_ROWS[inbox] = per_dialect(
-            lambda insert_into: insert_into(inbox).on_conflict_do_nothing())
     row = {"consumer": consumer, "event_id": envelope.id, "event_type": envelope.type,
            "processed_at": utcnow()}
-    return conn.execute(statement(conn), row).rowcount == 1
+    return conn.execute(_inbox_insert(inbox)(conn), row).rowcount == 1
 
 
 async def apply_event(db: Database, inbox: Table, consumer: str, handler: Handler,

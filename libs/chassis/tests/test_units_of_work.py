@@ -149,3 +149,21 @@ async def test_a_unit_cancelled_while_it_waits_for_its_group_never_runs(db):
         await waiting
     await db.database.run(lambda conn: None)  # the next group has come and gone
     assert ran == []
+
+
+async def test_an_index_added_later_reaches_a_database_made_before_it(db):
+    """`create_all` makes a new table's indexes with it; an index added to a table that
+    already exists is made on the next start (and a second start changes nothing)."""
+    from sqlalchemy import Index, inspect
+
+    effects = db.table("effects")
+    later = Index("ix_effects_event_later", effects.c.event_id)
+    try:
+        await db.database.create_all(db.metadata)
+        await db.database.create_all(db.metadata)
+        async with db.database.engine.connect() as conn:
+            names = await conn.run_sync(
+                lambda sync: [i["name"] for i in inspect(sync).get_indexes("effects")])
+    finally:
+        effects.indexes.discard(later)
+    assert "ix_effects_event_later" in names

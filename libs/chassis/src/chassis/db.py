@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.schema import CreateIndex
 from sqlalchemy.types import TypeDecorator
 
 T = TypeVar("T")
@@ -184,8 +185,14 @@ class Database:
         self._version_conn: sqlite3.Connection | None = None
 
     async def create_all(self, metadata: MetaData) -> None:
+        """Create the tables that are missing, and the indexes missing from tables that
+        exist (create_all makes a table's indexes only with the table: an index added
+        later would never reach a database made before it)."""
         async with self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
+            for table in metadata.sorted_tables:
+                for index in table.indexes:
+                    await conn.execute(CreateIndex(index, if_not_exists=True))
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

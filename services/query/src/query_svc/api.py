@@ -31,6 +31,7 @@ from .views import (
     user_view,
     viewer_params,
     visible,
+    visible_to_follower,
 )
 
 posts_router = APIRouter(prefix="/api/posts", tags=["posts (read)"])
@@ -47,7 +48,7 @@ HOME = [
                .where(timeline.c.user_id == VIEWER, visible()), timeline.c.post_id),
     Listing.of(POST_VIEWS.join(edges, edges.c.target == posts.c.author_id)
                .where(edges.c.kind == "follow", edges.c.source == VIEWER, edges.c.active,
-                      posts.c.fanned_out.is_(False), visible())),
+                      posts.c.fanned_out.is_(False), visible_to_follower())),
     Listing.of(POST_VIEWS.join(post_mentions, post_mentions.c.post_id == posts.c.id)
                .where(post_mentions.c.username == VIEWER_NAME, posts.c.visibility == "direct",
                       visible()), post_mentions.c.post_id),

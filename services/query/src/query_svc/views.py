@@ -72,19 +72,35 @@ def edge(kind: str, source: Any, target: Any) -> ColumnElement[bool]:
                           edge.c.target == target, edge.c.active)
 
 
+def _unblocked(hide_muted: bool) -> ColumnElement[bool]:
+    """SQL: no block either way between the viewer and the author, and (if asked) no mute."""
+    author = posts.c.author_id
+    condition = and_(~edge("block", VIEWER, author), ~edge("block", author, VIEWER))
+    return and_(condition, ~edge("mute", VIEWER, author)) if hide_muted else condition
+
+
 def visible(*, hide_muted: bool = True) -> ColumnElement[bool]:
     """SQL: the post is live and the viewer (`:viewer`, `:viewer_name`) may see it:
     visibility, blocks either way, and (unless asked not to) the viewer's mutes."""
     author = posts.c.author_id
     mentioned = post_mentions.alias("mentioned")
-    condition = and_(
+    return and_(
         posts.c.deleted.is_(False),
         or_(posts.c.visibility == "public", author == VIEWER,
             and_(posts.c.visibility == "followers", edge("follow", VIEWER, author)),
             and_(posts.c.visibility == "direct", exists().where(
                 mentioned.c.post_id == posts.c.id, mentioned.c.username == VIEWER_NAME))),
-        ~edge("block", VIEWER, author), ~edge("block", author, VIEWER))
-    return and_(condition, ~edge("mute", VIEWER, author)) if hide_muted else condition
+        _unblocked(hide_muted))
+
+
+def visible_to_follower() -> ColumnElement[bool]:
+    """`visible()` for a query that already joins the viewer's follow of the author: the
+    author's live public and followers posts (their direct posts reach the viewer by mention).
+
+    Without the OR of `visible()`, SQLite's planner is not tempted to walk every public post
+    (`ix_posts_public`) and check each against the follow: with no statistics it did, and a
+    home timeline page cost 3.6 ms of SQL instead of 0.13 (100,000 posts)."""
+    return and_(posts.c.deleted.is_(False), posts.c.visibility != "direct", _unblocked(True))
 
 
 def _post_views() -> Select[Any]:

@@ -4,7 +4,9 @@ The users of `python -m bench` follow one another (its follow scenario), and onc
 is through, 32 clients post for `--duration` seconds. From the flood's start until every
 outbox and queue is empty again, each process's CPU time is read from /proc: divided by the
 posts, it says where the event pipeline spends its time (relays, moto, consumers) beside the
-requests themselves. Embedded stack only: it reads the data dir's outboxes and pid files.
+requests themselves. With `--rate`, the clients post at that steady rate instead: fewer posts
+then share each group commit, message and call. Embedded stack only: it reads the data
+dir's outboxes and pid files.
 """
 
 import argparse
@@ -25,7 +27,7 @@ def _cpu(data_dir: Path) -> dict[str, float]:
 
 
 def measure(base_url: str, data_dir: Path, *, users: int, duration_s: int,
-            connections: int) -> None:
+            connections: int, rate: float) -> None:
     accounts = asyncio.run(sign_up(base_url, users))
     wait_drained(data_dir)
     follows = run_wrk("PUT /api/profiles/{id}/follow", base_url, accounts, "follow",
@@ -34,8 +36,9 @@ def measure(base_url: str, data_dir: Path, *, users: int, duration_s: int,
     drained = wait_drained(data_dir)
     print(f"{'every event through after':<34} {drained:.1f} s")
     before, started = _cpu(data_dir), time.monotonic()
-    posts = run_wrk("POST /api/posts", base_url, accounts, "post", connections=connections,
-                    duration_s=duration_s)
+    posts = run_wrk("POST /api/posts" + (f" at {rate:g}/s" if rate else ""), base_url,
+                    accounts, "post", connections=connections, duration_s=duration_s,
+                    rate=rate)
     during, flooded = _cpu(data_dir), time.monotonic()
     print(posts.line())
     drained = wait_drained(data_dir)
@@ -60,9 +63,11 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--duration", type=int, default=10, help="seconds of each flood")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=0,
+                        help="posts per second (default: as fast as the clients go)")
     args = parser.parse_args()
     options = {"users": args.users, "duration_s": args.duration,
-               "connections": args.connections}
+               "connections": args.connections, "rate": args.rate}
     if args.url:
         if args.data_dir is None:
             parser.error("--url needs --data-dir: the outboxes and pid files are read there")

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,8 +28,9 @@ def wait_healthy(base_url: str, timeout_s: float = 120.0) -> None:
 
 @contextlib.contextmanager
 def embedded_stack(port: int, replicas: str | None) -> Iterator[tuple[str, Path]]:
-    """Run `python -m stack.launcher up` in a fresh data dir; stop it afterwards. Yields the
-    gateway's URL and the data dir."""
+    """Run `python -m stack.launcher up` in a fresh data dir; stop it and remove the data
+    dir afterwards (a post flood leaves 150 MB there), unless ASYNCSNS_BENCH_KEEP=1 asks to
+    keep it for a look at the databases. Yields the gateway's URL and the data dir."""
     data_dir = tempfile.mkdtemp(prefix="asyncsns-bench-")
     command = [sys.executable, "-m", "stack.launcher", "up", "--port", str(port),
                "--data-dir", data_dir]
@@ -48,6 +50,10 @@ def embedded_stack(port: int, replicas: str | None) -> Iterator[tuple[str, Path]
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+        if os.environ.get("ASYNCSNS_BENCH_KEEP") == "1":
+            print(f"(data dir kept: {data_dir})", file=sys.stderr)
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 async def sign_up(base_url: str, count: int, *, prefix: str = "bench",

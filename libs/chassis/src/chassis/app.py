@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from sqlalchemy import MetaData
 
+from . import collector
 from .auth import JWKSCache, TokenVerifier
 from .consumer import Consumer, Decode, Handler, envelope_of
 from .db import Database
@@ -141,8 +141,7 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
             _sample_depths(app.state.consumers, settings.metrics_poll_interval_s))
     # Everything built so far lives as long as the process: keep it out of the collector's
     # full passes, which otherwise walk it all and stall requests for tens of milliseconds.
-    gc.collect()
-    gc.freeze()
+    collector.settle()
 
 
 async def _sample_depths(consumers: list[Consumer], interval: float) -> None:

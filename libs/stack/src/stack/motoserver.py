@@ -28,6 +28,8 @@ from moto.backends import get_backend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from waitress.server import create_server
 
+from chassis import collector
+
 from . import moto_patches
 from .moto_patches import RecentHandles  # noqa: F401 (states pickled before it moved)
 
@@ -151,6 +153,7 @@ def serve(host: str, port: int, state: Path, interval_s: float,
     state.parent.mkdir(parents=True, exist_ok=True)
     moto_patches.apply()
     load(state)
+    collector.settle()  # moto's messages are objects by the hundred thousand
     tracker = _ChangeTracker(_ScopedDispatcher())
     # Not moto's own server (werkzeug's): that closes the connection after every response,
     # so each AWS call paid for a new connection and a new thread (a third of moto's CPU).

@@ -98,8 +98,8 @@ def visible_to_follower() -> ColumnElement[bool]:
     author's live public and followers posts (their direct posts reach the viewer by mention).
 
     Without the OR of `visible()`, SQLite's planner is not tempted to walk every public post
-    (`ix_posts_public`) and check each against the follow: with no statistics it did, and a
-    home timeline page cost 3.6 ms of SQL instead of 0.13 (100,000 posts)."""
+    (`ix_posts_public`) and check each against the follow: with no statistics it did, and
+    this part of a home page cost 3.6 ms of SQL instead of 0.02 (15,000 posts)."""
     return and_(posts.c.deleted.is_(False), posts.c.visibility != "direct", _unblocked(True))
 
 

@@ -266,6 +266,9 @@ def test_every_service_and_worker_has_a_task_with_health_checks_and_rollback(dep
             [group] = [g for k, g in groups.items()
                        if k.startswith(plan.construct_id(task.name) + "Targets")]
             assert group["Properties"]["HealthCheckPath"] == "/readyz"
+            attributes = {a["Key"]: a["Value"]
+                          for a in group["Properties"]["TargetGroupAttributes"]}
+            assert attributes["load_balancing.algorithm.type"] == "least_outstanding_requests"
         else:
             assert "LoadBalancers" not in service
 

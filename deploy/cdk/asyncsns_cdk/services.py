@@ -186,6 +186,9 @@ class ServicesStack(Stack):
                 self, f"{cid}Targets", vpc=self.network.vpc, port=CONTAINER_PORT,
                 protocol=elbv2.ApplicationProtocol.HTTP, target_type=elbv2.TargetType.IP,
                 targets=[service], deregistration_delay=Duration.seconds(30),
+                # as the local gateway balances (nginx least_conn): fewest requests in flight
+                load_balancing_algorithm_type=(
+                    elbv2.TargetGroupLoadBalancingAlgorithmType.LEAST_OUTSTANDING_REQUESTS),
                 health_check=elbv2.HealthCheck(
                     path=READINESS_PATH, interval=Duration.seconds(15),
                     timeout=Duration.seconds(5), healthy_threshold_count=2,

@@ -107,6 +107,10 @@ def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
     result = nginx_accepts(conf, tmp_path)
 
     assert result.returncode == 0, result.stderr
+    # every upstream sends a request to the replica with the fewest in flight
+    lines = [line.strip() for line in conf.read_text().splitlines()]
+    upstreams = [i for i, line in enumerate(lines) if line.startswith("upstream ")]
+    assert upstreams and all(lines[i + 1] == "least_conn;" for i in upstreams)
 
 
 def test_container_config_leaves_process_settings_to_the_image() -> None:

@@ -139,8 +139,7 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
             app.state.tasks[f"consumer:{queue}"] = asyncio.create_task(consumer.run())
         app.state.tasks["queue-metrics"] = asyncio.create_task(
             _sample_depths(app.state.consumers, settings.metrics_poll_interval_s))
-    # Everything built so far lives as long as the process: keep it out of the collector's
-    # full passes, which otherwise walk it all and stall requests for tens of milliseconds.
+    # Everything built so far lives as long as the process: out of the collector's passes.
     collector.settle()
 
 

@@ -104,16 +104,13 @@ def _http_settings() -> list[str]:
 def _upstream(name: str, servers: list[str]) -> list[str]:
     if not servers:
         raise ValueError(f"upstream {name} has no servers")
-    # A request goes to the replica with the fewest requests in flight (ties take turns), as
-    # the ALB's least-outstanding-requests does: a replica that falls behind for a moment (a
-    # descheduled process on a busy machine) gets fewer new requests instead of an equal
-    # share queueing behind it. Against round robin, alternating runs at 32 concurrent
-    # clients: `/api/profiles/me` p99 14.5-26.0 ms (three of four near 15) against
-    # 18.6-31.2, home p99 17.7-25.9 against 21.4-35.8.
-    # Idle connections to the replicas are kept for reuse, per
-    # worker, as many as there can be requests in flight: with fewer, every request past the
-    # pool's size opens a fresh connection and closes it (measured: p99 of reads 40-116 ms
-    # with 16 kept, 30-90 ms with 128, at 32 concurrent clients).
+    # least_conn: a request goes to the replica with the fewest requests in flight (ties take
+    # turns), as the ALB's least outstanding requests does. A replica that falls behind for a
+    # moment then gets fewer new requests instead of an equal share queueing behind it
+    # (reads p99 14.5-26.0 ms against 18.6-31.2 with round robin, alternating runs).
+    # keepalive: idle connections to the replicas are kept for reuse, per worker, as many as
+    # there can be requests in flight. With fewer, every request past the pool's size opens
+    # a fresh connection and closes it (reads p99 40-116 ms with 16 kept, 30-90 ms with 128).
     return [f"upstream {name} {{", "    least_conn;",
             *[f"    server {s} max_fails=1 fail_timeout=2s;" for s in servers],
             f"    keepalive {UPSTREAM_KEEPALIVE};", "    keepalive_requests 100000;", "}"]

@@ -4,9 +4,9 @@ import asyncio
 import time
 
 import pytest
-from sqlalchemy import event, insert, text
+from sqlalchemy import bindparam, event, insert, text
 
-from chassis.db import WriterLock
+from chassis.db import DriverStatement, WriterLock
 from chassis.outbox import stage_event
 
 
@@ -167,3 +167,19 @@ async def test_an_index_added_later_reaches_a_database_made_before_it(db):
     finally:
         effects.indexes.discard(later)
     assert "ix_effects_event_later" in names
+
+
+async def test_a_driver_statement_writes_every_row_and_checks_its_parameter_order(db):
+    effects = db.table("effects")
+    add = DriverStatement(lambda insert_: insert_(effects).values(
+        id=bindparam("id"), event_id=bindparam("event_id")), order=("id", "event_id"))
+    await db.database.run(lambda conn: add.many(conn, [(n, f"e{n}") for n in range(1, 151)]))
+    await db.database.run(lambda conn: add.many(conn, []))
+    assert await db.count("effects") == 150
+    assert await db.count("effects", effects.c.event_id == "e150", effects.c.id == 150) == 1
+
+    swapped = DriverStatement(lambda insert_: insert_(effects).values(
+        id=bindparam("id"), event_id=bindparam("event_id")), order=("event_id", "id"))
+    with pytest.raises(ValueError, match="order"):
+        await db.database.run(lambda conn: swapped.many(conn, [("e0", 0)]))
+    assert await db.count("effects") == 150

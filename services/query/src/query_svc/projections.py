@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 
 from chassis.cache import ViewCache
 from chassis.consumer import Apply
-from chassis.db import Database
+from chassis.db import Database, DriverStatement
 from chassis.events import Envelope
 from post_svc import events as post_events
 from profile_svc import events as profile_events
@@ -82,11 +82,9 @@ def bump_post(conn: Connection, post_id: str, column: str, delta: int) -> None:
     _bump(conn, post_stats, {"post_id": post_id}, column, delta)
 
 
-def add_to_timelines(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(STATEMENTS.get(conn, "timeline:add", lambda insert_: insert_(timeline)
-                                    .on_conflict_do_nothing()), rows)
-
+# (user_id, post_id, author_id) rows; on conflict the post is already there
+_TIMELINE_ADD = DriverStatement(lambda insert_: insert_(timeline).on_conflict_do_nothing(),
+                                order=("user_id", "post_id", "author_id"))
 
 _POST_ID = bindparam("post_id")
 _DELETE_FOR_POST = {table.name: delete(table).where(table.c.post_id == _POST_ID)
@@ -249,8 +247,7 @@ class Projector:
             return
         recent = conn.execute(_RECENT, {"author": followee,
                                         "limit": self.follow_backfill}).scalars().all()
-        add_to_timelines(conn, [{"user_id": follower, "post_id": post_id,
-                                 "author_id": followee} for post_id in recent])
+        _TIMELINE_ADD.many(conn, [(follower, post_id, followee) for post_id in recent])
         if recent:
             self.grown.add(follower)
 
@@ -332,10 +329,10 @@ class Projector:
             bump_post(conn, state.reply_to, "reply_count", 1)
         user_ids = {state.author_id}
         if fanned_out and state.visibility != "direct":
-            user_ids.update(conn.execute(_FOLLOWERS, {"author": state.author_id}).scalars())
-        add_to_timelines(conn, [
-            {"user_id": user_id, "post_id": state.post_id, "author_id": state.author_id}
-            for user_id in user_ids])
+            user_ids.update(conn.execute(_FOLLOWERS, {"author": state.author_id})
+                            .scalars().all())
+        _TIMELINE_ADD.many(conn, [(user_id, state.post_id, state.author_id)
+                                  for user_id in user_ids])
         self.grown.update(user_ids)
         if state.visibility == "direct" and state.mentions:
             user_ids.update(conn.execute(_NAMED, {"names": state.mentions}).scalars())

@@ -183,3 +183,22 @@ async def test_a_driver_statement_writes_every_row_and_checks_its_parameter_orde
     with pytest.raises(ValueError, match="order"):
         await db.database.run(lambda conn: swapped.many(conn, [("e0", 0)]))
     assert await db.count("effects") == 150
+
+
+async def test_an_index_whose_columns_changed_is_made_again_on_the_next_start(db):
+    from sqlalchemy import Index, inspect
+
+    effects = db.table("effects")
+    before = Index("ix_effects_changing", effects.c.event_id)
+    await db.database.create_all(db.metadata)
+    effects.indexes.discard(before)
+    after = Index("ix_effects_changing", effects.c.event_id, effects.c.id)
+    try:
+        await db.database.create_all(db.metadata)
+        await db.database.create_all(db.metadata)
+        async with db.database.engine.connect() as conn:
+            made = await conn.run_sync(lambda sync: {
+                i["name"]: i["column_names"] for i in inspect(sync).get_indexes("effects")})
+    finally:
+        effects.indexes.discard(after)
+    assert made["ix_effects_changing"] == ["event_id", "id"]

@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     event,
+    inspect,
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -37,7 +38,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.schema import CreateIndex
+from sqlalchemy.schema import CreateIndex, DropIndex
 from sqlalchemy.types import TypeDecorator
 
 T = TypeVar("T")
@@ -103,6 +104,21 @@ class DriverStatement:
                 raise ValueError(f"{compiled.positiontup} are not in the order {self._order}")
             sql = self._sql[conn.dialect.name] = str(compiled)
         conn.exec_driver_sql(sql, rows)
+
+
+def _rebuild_changed_indexes(conn: Connection, metadata: MetaData) -> None:
+    """Drop each index whose columns in the database differ from the model's: the caller
+    then makes it anew."""
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        made = {found["name"]: found["column_names"]
+                for found in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            wanted = [column.name for column in index.columns]
+            if len(wanted) < len(index.expressions):
+                continue  # an expression index: not compared
+            if index.name in made and made[index.name] != wanted:
+                conn.execute(DropIndex(index))
 
 
 def utcnow() -> datetime:
@@ -216,9 +232,11 @@ class Database:
     async def create_all(self, metadata: MetaData) -> None:
         """Create the tables that are missing, and the indexes missing from tables that
         exist (create_all makes a table's indexes only with the table: an index added
-        later would never reach a database made before it)."""
+        later would never reach a database made before it). An index whose columns
+        changed since it was made is made again."""
         async with self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(_rebuild_changed_indexes, metadata)
             for table in metadata.sorted_tables:
                 for index in table.indexes:
                     await conn.execute(CreateIndex(index, if_not_exists=True))

@@ -16,7 +16,7 @@ from chassis.auth import User
 from chassis.pagination import Page, decode_cursor, encode_cursor
 from post_svc.events import MediaView
 
-from .models import edges, likes, post_mentions, post_stats, posts, users
+from .models import EDGE_KINDS, edges, likes, post_mentions, post_stats, posts, users
 from .search import Viewer
 
 
@@ -175,11 +175,17 @@ async def page_of_posts(session: AsyncSession, listings: list[Listing], viewer: 
     return Page(items=items, next_cursor=encode_cursor({"id": items[-1].id}) if more else None)
 
 
+def viewer_edges(user_id: str) -> Select[Any]:
+    """The user's own follows, blocks and mutes, and the blocks of them: each side looked
+    up by its key (`kind` first in both)."""
+    return select(edges.c.kind, edges.c.source, edges.c.target).where(
+        edges.c.active, or_(and_(edges.c.kind.in_(EDGE_KINDS), edges.c.source == user_id),
+                            and_(edges.c.kind == "block", edges.c.target == user_id)))
+
+
 async def search_viewer(session: AsyncSession, viewer: User) -> Viewer:
     """The viewer as the search engine needs it: whom they follow, whom they never see."""
-    rows = (await session.execute(select(edges.c.kind, edges.c.source, edges.c.target).where(
-        edges.c.active, or_(edges.c.source == viewer.id,
-                            and_(edges.c.kind == "block", edges.c.target == viewer.id))))).all()
+    rows = (await session.execute(viewer_edges(viewer.id))).all()
     following = {r.target for r in rows if r.kind == "follow" and r.source == viewer.id}
     excluded = {r.target if r.source == viewer.id else r.source
                 for r in rows if r.kind in ("block", "mute")}

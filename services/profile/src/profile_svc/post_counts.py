@@ -10,6 +10,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from chassis.consumer import Apply
+from chassis.db import per_dialect
 from chassis.events import Envelope, EventData
 
 from .models import CountedPost, Profile
@@ -29,6 +30,7 @@ _BUMP = (update(_PROFILES).where(_PROFILES.c.user_id == bindparam("user"))
          .values(posts_count=_PROFILES.c.posts_count + bindparam("delta")))
 _STATE = select(_COUNTED.c.live).where(_COUNTED.c.post_id == bindparam("post"))
 _COUNT = insert(_COUNTED)
+_COUNT_UNLESS_SEEN = per_dialect(lambda insert_: insert_(_COUNTED).on_conflict_do_nothing())
 _UNCOUNT = update(_COUNTED).where(_COUNTED.c.post_id == bindparam("post")).values(live=False)
 
 
@@ -42,9 +44,10 @@ def _state(conn: Connection, post_id: str) -> bool | None:
 
 def created(conn: Connection, envelope: Envelope) -> None:
     post = PostRef.model_validate(envelope.data)
-    if _state(conn, post.post_id) is None:
-        conn.execute(_COUNT, {"post_id": post.post_id, "author_id": post.author_id,
-                              "live": True})
+    # One statement: the row goes in unless the post's delete (or this event) came first.
+    if conn.execute(_COUNT_UNLESS_SEEN(conn), {"post_id": post.post_id,
+                                               "author_id": post.author_id,
+                                               "live": True}).rowcount == 1:
         _bump(conn, post.author_id, 1)
 
 

@@ -387,3 +387,14 @@ def test_keys_from_the_web_push_tool_format_load():
     scalar = (12345678901234567890).to_bytes(32, "big")
     keys = VapidKeys.load(b64url_encode(scalar))
     assert keys.private_key_b64 == b64url_encode(scalar)
+
+
+def test_a_devices_jobs_are_found_by_key_when_it_goes():
+    from sqlalchemy import delete
+
+    from chassis.testing import sqlite_plan
+    from notifier_svc.models import metadata, push_jobs
+
+    steps = sqlite_plan(metadata, delete(push_jobs).where(push_jobs.c.subscription_id == "s"))
+    assert steps == ["SEARCH push_jobs USING INDEX ix_push_jobs_subscription "
+                     "(subscription_id=?)"], steps

@@ -345,3 +345,13 @@ async def test_an_upload_whose_file_never_comes_is_given_up_and_its_post_goes_ou
     published = {e["type"]: e["data"] for e in await events.drain(2)}
     assert published["post.created"]["post_id"] == created["id"]
     assert published["post.created"]["media"] == []
+
+
+def test_the_sweep_reads_the_oldest_pending_uploads_from_an_index():
+    from chassis.testing import sqlite_plan
+    from post_svc.media_worker import _ABANDONED
+    from post_svc.models import Base
+
+    steps = sqlite_plan(Base.metadata, _ABANDONED, before=datetime.now(UTC))
+    assert steps == ["SEARCH media USING INDEX ix_media_status_created "
+                     "(status=? AND created_at<?)"], steps

@@ -1,6 +1,5 @@
 """Timelines and post views built from events: visibility, blocks, mutes, edits, deletes."""
 
-import pytest
 
 from chassis.testing import assert_problem, wait_until
 from profile_svc import events as graph
@@ -176,57 +175,6 @@ async def test_popular_authors_are_merged_at_read_time(client, bus, world, make_
     for fan in fans[1:]:
         await eventually(client, "/api/timelines/home", fan, lambda b: ids(b) == [],
                          "a mute or a block hides the star's merged posts")
-
-
-async def _sqlite_plan(client, statement, **values) -> list[str]:
-    """SQLite's plan for a statement with these values bound (skips on PostgreSQL, which
-    plans from the statistics it keeps)."""
-    async with client.app.state.db.sessions() as session:
-        conn = await session.connection()
-        if conn.dialect.name != "sqlite":
-            pytest.skip("SQLite's plan; PostgreSQL plans from the statistics it keeps")
-        compiled = statement.compile(dialect=conn.dialect,
-                                     compile_kwargs={"render_postcompile": True})
-        bound = {**compiled.params, **values}
-        plan = (await conn.exec_driver_sql(
-            f"EXPLAIN QUERY PLAN {compiled}",
-            tuple(bound[name] for name in compiled.positiontup))).all()
-    return [row[3] for row in plan]
-
-
-async def test_merging_popular_authors_walks_the_follows_not_every_post(client):
-    """The read-time merge starts from the viewer's follows and probes each followed
-    author's posts that were not fanned out: without statistics, SQLite once walked every
-    public post instead (3.6 ms for that part of a home page among 15,000 posts)."""
-    from query_svc.api import HOME
-
-    steps = await _sqlite_plan(client, HOME[1].statement, viewer="v", viewer_name="v",
-                               limit=21, before="~")
-    assert any("ix_posts_unfanned" in step for step in steps), steps
-    assert not any("MULTI-INDEX OR" in step or "ix_posts_public" in step for step in steps)
-    assert ("SEARCH edges USING COVERING INDEX ix_edges_source "
-            "(kind=? AND source=? AND active=?)") in steps, steps
-
-
-async def test_fanning_out_reads_the_followers_from_the_index_alone(client):
-    """A post's followers come from one index range, without a look at each edge's row."""
-    from query_svc.projections import _FOLLOWERS
-
-    steps = await _sqlite_plan(client, _FOLLOWERS, author="a")
-    assert steps == ["SEARCH edges USING COVERING INDEX ix_edges_target "
-                     "(kind=? AND target=? AND active=?)"], steps
-
-
-async def test_the_searchers_follows_and_blocks_are_looked_up_not_scanned(client):
-    """Search reads whom the viewer follows, blocks and mutes, and who blocks them, by key:
-    it once scanned every edge (0.27 ms among 3,500 edges, growing with them)."""
-    from query_svc.views import viewer_edges
-
-    steps = await _sqlite_plan(client, viewer_edges("v"))
-    assert [step for step in steps if step.startswith("SEARCH")] == [
-        "SEARCH edges USING COVERING INDEX ix_edges_source (kind=? AND source=? AND active=?)",
-        "SEARCH edges USING COVERING INDEX ix_edges_target (kind=? AND target=? AND active=?)",
-    ], steps
 
 
 async def test_pages_are_full_while_results_remain(client, bus, world, make_user):

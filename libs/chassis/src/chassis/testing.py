@@ -619,3 +619,23 @@ def api() -> Callable[[Any, TestUser], httpx.AsyncClient]:
         return httpx.AsyncClient(base_url=server.http, headers=user.headers, timeout=10)
 
     return make
+
+
+def sqlite_plan(metadata: Any, statement: Any, **values: Any) -> list[str]:
+    """SQLite's plan for `statement` over empty tables of `metadata`, `values` bound: the
+    plan a service's database gets, which keeps no statistics. One line per step
+    (`SEARCH edges USING COVERING INDEX ...`, `SCAN media`, ...)."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine("sqlite://")
+    try:
+        metadata.create_all(engine)
+        compiled = statement.compile(dialect=engine.dialect,
+                                     compile_kwargs={"render_postcompile": True})
+        bound = {**compiled.params, **values}
+        with engine.connect() as conn:
+            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", tuple(
+                bound[name] for name in compiled.positiontup or ())).all()
+    finally:
+        engine.dispose()
+    return [row[3] for row in plan]

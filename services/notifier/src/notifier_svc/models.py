@@ -92,6 +92,8 @@ push_jobs = Table(
     # At-least-once input never pushes twice: one job per event and device.
     UniqueConstraint("event_id", "subscription_id", name="uq_push_jobs_event_device"),
     Index("ix_push_jobs_due", "status", "next_at"),
+    # a device's jobs go with it (unsubscribed, or gone at the push service)
+    Index("ix_push_jobs_subscription", "subscription_id"),
 )
 
 blocks = EdgeCopy(metadata, "blocks", ("blocker_id", "blocked_id", "blocked"),

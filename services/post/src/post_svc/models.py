@@ -49,7 +49,9 @@ class Media(Base):
     `post_id` is the post it is attached to: media belong to at most one post."""
 
     __tablename__ = "media"
-    __table_args__ = (Index("ix_media_post", "post_id"),)
+    # the sweep of uploads never finished reads the oldest pending ones
+    __table_args__ = (Index("ix_media_post", "post_id"),
+                      Index("ix_media_status_created", "status", "created_at"))
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     owner_id: Mapped[str] = mapped_column(USER_ID)

@@ -109,6 +109,7 @@ post_tags = Table(
     "post_tags", metadata,
     Column("tag", String(200), primary_key=True),
     Column("post_id", String(ID), primary_key=True),
+    Index("ix_post_tags_post", "post_id"),  # an edit or a delete drops the post's tags
 )
 
 post_mentions = Table(

@@ -630,12 +630,11 @@ def sqlite_plan(metadata: Any, statement: Any, **values: Any) -> list[str]:
     engine = create_engine("sqlite://")
     try:
         metadata.create_all(engine)
-        compiled = statement.compile(dialect=engine.dialect,
-                                     compile_kwargs={"render_postcompile": True})
-        bound = {**compiled.params, **values}
+        # IN lists as one parameter per value
+        expanded = statement.compile(dialect=engine.dialect).construct_expanded_state(values)
         with engine.connect() as conn:
-            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", tuple(
-                bound[name] for name in compiled.positiontup or ())).all()
+            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {expanded.statement}",
+                                        expanded.positional_parameters).all()
     finally:
         engine.dispose()
     return [row[3] for row in plan]

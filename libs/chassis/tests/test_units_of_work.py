@@ -4,7 +4,7 @@ import asyncio
 import time
 
 import pytest
-from sqlalchemy import bindparam, event, insert, text
+from sqlalchemy import Index, bindparam, event, insert, inspect, text
 
 from chassis.db import DriverStatement, WriterLock
 from chassis.outbox import stage_event
@@ -154,8 +154,6 @@ async def test_a_unit_cancelled_while_it_waits_for_its_group_never_runs(db):
 async def test_an_index_added_later_reaches_a_database_made_before_it(db):
     """`create_all` makes a new table's indexes with it; an index added to a table that
     already exists is made on the next start (and a second start changes nothing)."""
-    from sqlalchemy import Index, inspect
-
     effects = db.table("effects")
     later = Index("ix_effects_event_later", effects.c.event_id)
     try:
@@ -186,8 +184,6 @@ async def test_a_driver_statement_writes_every_row_and_checks_its_parameter_orde
 
 
 async def test_an_index_whose_columns_changed_is_made_again_on_the_next_start(db):
-    from sqlalchemy import Index, inspect
-
     effects = db.table("effects")
     before = Index("ix_effects_changing", effects.c.event_id)
     await db.database.create_all(db.metadata)

@@ -18,8 +18,11 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from sqlalchemy import delete
 
 from chassis.problems import Problem
+from chassis.testing import sqlite_plan
+from notifier_svc.models import metadata, push_jobs
 from notifier_svc.webpush import (
     MAX_PLAINTEXT,
     TOKEN_LIFETIME_S,
@@ -390,11 +393,6 @@ def test_keys_from_the_web_push_tool_format_load():
 
 
 def test_a_devices_jobs_are_found_by_key_when_it_goes():
-    from sqlalchemy import delete
-
-    from chassis.testing import sqlite_plan
-    from notifier_svc.models import metadata, push_jobs
-
     steps = sqlite_plan(metadata, delete(push_jobs).where(push_jobs.c.subscription_id == "s"))
     assert steps == ["SEARCH push_jobs USING INDEX ix_push_jobs_subscription "
                      "(subscription_id=?)"], steps

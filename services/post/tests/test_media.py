@@ -15,8 +15,16 @@ import httpx
 import pytest
 from PIL import Image
 
-from chassis.testing import assert_problem, aws_client, free_port, serve_in_process, wait_until
+from chassis.testing import (
+    assert_problem,
+    aws_client,
+    free_port,
+    serve_in_process,
+    sqlite_plan,
+    wait_until,
+)
 from post_svc import media_worker
+from post_svc.models import Base
 
 from .conftest import MEDIA_BASE_URL
 from .test_mediaproc import camera_jpeg, ffmpeg, png_bomb
@@ -348,10 +356,6 @@ async def test_an_upload_whose_file_never_comes_is_given_up_and_its_post_goes_ou
 
 
 def test_the_sweep_reads_the_oldest_pending_uploads_from_an_index():
-    from chassis.testing import sqlite_plan
-    from post_svc.media_worker import _ABANDONED
-    from post_svc.models import Base
-
-    steps = sqlite_plan(Base.metadata, _ABANDONED, before=datetime.now(UTC))
+    steps = sqlite_plan(Base.metadata, media_worker._ABANDONED, before=datetime.now(UTC))
     assert steps == ["SEARCH media USING INDEX ix_media_status_created "
                      "(status=? AND created_at<?)"], steps

@@ -106,19 +106,23 @@ class DriverStatement:
         conn.exec_driver_sql(sql, rows)
 
 
-def _rebuild_changed_indexes(conn: Connection, metadata: MetaData) -> None:
-    """Drop each index whose columns in the database differ from the model's: the caller
-    then makes it anew."""
+def _indexes_as_modelled(conn: Connection, metadata: MetaData) -> None:
+    """Make each index the model has and the database lacks, and again each whose columns
+    in the database differ from the model's (create_all makes a table's indexes only with
+    the table)."""
     inspector = inspect(conn)
     for table in metadata.sorted_tables:
         made = {found["name"]: found["column_names"]
                 for found in inspector.get_indexes(table.name)}
         for index in table.indexes:
             wanted = [column.name for column in index.columns]
-            if len(wanted) < len(index.expressions):
-                continue  # an expression index: not compared
-            if index.name in made and made[index.name] != wanted:
-                conn.execute(DropIndex(index))
+            changed = (index.name in made and made[index.name] != wanted
+                       and len(wanted) == len(index.expressions))  # expressions: not compared
+            # IF (NOT) EXISTS: replicas starting together may both get here
+            if changed:
+                conn.execute(DropIndex(index, if_exists=True))
+            if changed or index.name not in made:
+                conn.execute(CreateIndex(index, if_not_exists=True))
 
 
 def utcnow() -> datetime:
@@ -230,16 +234,12 @@ class Database:
         self._version_conn: sqlite3.Connection | None = None
 
     async def create_all(self, metadata: MetaData) -> None:
-        """Create the tables that are missing, and the indexes missing from tables that
-        exist (create_all makes a table's indexes only with the table: an index added
-        later would never reach a database made before it). An index whose columns
-        changed since it was made is made again."""
+        """Create the tables that are missing and bring every table's indexes in line with
+        the model: an index added later reaches a database made before it, and one whose
+        columns changed is made again."""
         async with self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
-            await conn.run_sync(_rebuild_changed_indexes, metadata)
-            for table in metadata.sorted_tables:
-                for index in table.indexes:
-                    await conn.execute(CreateIndex(index, if_not_exists=True))
+            await conn.run_sync(_indexes_as_modelled, metadata)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

@@ -26,6 +26,7 @@ import boto3
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import create_engine
 
 from .consumer import events_in
 from .ports import free_port, wait_for_port
@@ -625,8 +626,6 @@ def sqlite_plan(metadata: Any, statement: Any, **values: Any) -> list[str]:
     """SQLite's plan for `statement` over empty tables of `metadata`, `values` bound: the
     plan a service's database gets, which keeps no statistics. One line per step
     (`SEARCH edges USING COVERING INDEX ...`, `SCAN media`, ...)."""
-    from sqlalchemy import create_engine
-
     engine = create_engine("sqlite://")
     try:
         metadata.create_all(engine)

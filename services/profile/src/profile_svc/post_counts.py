@@ -29,8 +29,11 @@ class PostRef(EventData):
 _BUMP = (update(_PROFILES).where(_PROFILES.c.user_id == bindparam("user"))
          .values(posts_count=_PROFILES.c.posts_count + bindparam("delta")))
 _STATE = select(_COUNTED.c.live).where(_COUNTED.c.post_id == bindparam("post"))
-_COUNT = insert(_COUNTED)
+# A create inserts the post's row unless an event about it came first. A delete that found
+# no row inserts plainly: if the create's row went in meanwhile (on PostgreSQL units run side
+# by side), the conflict fails the unit, and its retry finds the row and uncounts it.
 _COUNT_UNLESS_SEEN = per_dialect(lambda insert_: insert_(_COUNTED).on_conflict_do_nothing())
+_COUNT = insert(_COUNTED)
 _UNCOUNT = update(_COUNTED).where(_COUNTED.c.post_id == bindparam("post")).values(live=False)
 
 
@@ -44,7 +47,6 @@ def _state(conn: Connection, post_id: str) -> bool | None:
 
 def created(conn: Connection, envelope: Envelope) -> None:
     post = PostRef.model_validate(envelope.data)
-    # One statement: the row goes in unless the post's delete (or this event) came first.
     if conn.execute(_COUNT_UNLESS_SEEN(conn), {"post_id": post.post_id,
                                                "author_id": post.author_id,
                                                "live": True}).rowcount == 1:

@@ -1,5 +1,6 @@
 """The outbox publishes exactly the committed events, in order per aggregate, through outages."""
 
+import asyncio
 import json
 from collections import defaultdict
 from types import SimpleNamespace
@@ -8,7 +9,15 @@ import pytest
 
 from chassis.consumer import events_in
 from chassis.db import Database
-from chassis.outbox import CALL_MAX_BYTES, MESSAGE_EVENTS, Lease, OutboxRelay, _calls, add_event
+from chassis.outbox import (
+    CALL_MAX_BYTES,
+    MESSAGE_EVENTS,
+    Doorbell,
+    Lease,
+    OutboxRelay,
+    _calls,
+    add_event,
+)
 from chassis.testing import receive_messages, running, wait_until
 from chassis.tracing import tracer
 
@@ -221,3 +230,31 @@ async def test_the_lease_holder_publishes_another_replicas_commit_without_waitin
     finally:
         await other_replica.dispose()
     assert [b["id"] for b in _bodies(messages)] == [event.id]
+
+
+async def test_a_rung_doorbell_wakes_the_one_relay_that_listens(tmp_path):
+    """Request replicas ring the doorbell of their database's file after committing events;
+    the relay holding the lease listens, and no other process can while it does."""
+    database_file = str(tmp_path / "svc.db")
+    listener, rival, ringer = (Doorbell(database_file) for _ in range(3))
+    other_file = Doorbell(str(tmp_path / "other.db"))
+    woken, rival_woken = asyncio.Event(), asyncio.Event()
+    try:
+        other_file.ring()  # nobody listens: nothing happens, nothing raises
+        assert listener.listen(woken.set)
+        assert not rival.listen(rival_woken.set)
+        other_file.ring()
+        await asyncio.sleep(0.05)
+        assert not woken.is_set()
+        for _ in range(3):
+            ringer.ring()
+        async with asyncio.timeout(5):
+            await woken.wait()
+        listener.close()  # the lease went elsewhere: the next holder listens
+        assert rival.listen(rival_woken.set)
+        ringer.ring()
+        async with asyncio.timeout(5):
+            await rival_woken.wait()
+    finally:
+        for doorbell in (listener, rival, ringer, other_file):
+            doorbell.close()

@@ -21,7 +21,7 @@ from .auth import JWKSCache, TokenVerifier
 from .consumer import Consumer, Decode, Handler, envelope_of
 from .db import Database
 from .observability import ObservabilityMiddleware, configure_logging, watch_loop_lag
-from .outbox import OutboxRelay
+from .outbox import Doorbell, OutboxRelay
 from .problems import Problem, install_problem_handlers, problem_response
 from .settings import ServiceSettings
 from .tracing import configure_tracing
@@ -113,6 +113,11 @@ async def _start(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec,
         db.on_events_committed.append(relay.wake)
         app.state.relay = relay
         app.state.tasks["outbox-relay"] = asyncio.create_task(relay.run())
+    elif db.file is not None:
+        # The relay runs in another process on the same file: wake it after each commit.
+        doorbell = Doorbell(db.file)
+        stack.callback(doorbell.close)
+        db.on_events_committed.append(doorbell.ring)
     # The queues the deployment has (CONSUME_QUEUES, from the topology); a service may bring
     # handlers for a queue a deployment leaves out. Unset: all of them.
     consumers = {} if settings.serve_only else {

@@ -358,6 +358,11 @@ class Database:
                     outcomes.append(exc)
         return outcomes, staged
 
+    @property
+    def file(self) -> str | None:
+        """The SQLite database file; None for other databases (and in-memory SQLite)."""
+        return self._path
+
     def commit_version(self) -> Callable[[], int] | None:
         """On a SQLite file, a reading that changes whenever another connection commits to
         it, another process's included (`PRAGMA data_version`: a few microseconds, no table

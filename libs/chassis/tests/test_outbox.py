@@ -17,6 +17,7 @@ from chassis.outbox import (
     OutboxRelay,
     _calls,
     add_event,
+    stage_event,
 )
 from chassis.testing import receive_messages, running, wait_until
 from chassis.tracing import tracer
@@ -209,27 +210,35 @@ async def test_of_two_relays_only_the_lease_holder_publishes(db, wire, sns, sqs,
 
 async def test_the_lease_holder_publishes_another_replicas_commit_without_waiting_to_poll(
         database_url, metadata, db, wire, sns, sqs, thing):
-    """A commit wakes only its own process's relay. On SQLite the lease holder also watches
-    the file for other processes' commits, so another replica's events go out at once, not
-    at the holder's next poll (here 60 s away)."""
-    if not database_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL has no commit version to watch: its relay polls")
+    """A commit wakes only its own process's relay. The lease holder also learns of other
+    processes' commits, so another replica's events go out at once, not at the holder's
+    next poll (here 60 s away): on SQLite the replica rings the holder's doorbell (and the
+    holder watches the file's commit version), on PostgreSQL the replica's transaction
+    notifies as it commits and the holder listens."""
     wiring = wire()
     holder = _relay(db, sns, wiring.topic_arn, poll_interval_s=60)
     other_replica = Database(database_url)  # its own engines and connections, as a process has
+    if other_replica.file is not None:
+        other_replica.on_events_committed.append(Doorbell(other_replica.file).ring)
+    outbox = metadata.tables["outbox"]
     try:
         async with running(holder.run()):
             async def holding() -> bool:
                 return holder._lease.held
 
             await wait_until(holding, "the relay held its lease")
-            event = thing(1, note="staged by the other replica")
+            await asyncio.sleep(1)  # past the holder's first look for commits
+            in_session = thing(1, note="staged by the other replica in a session")
             async with other_replica.transaction() as session:
-                await add_event(session, metadata.tables["outbox"], event)
-            messages = await receive_messages(sqs, wiring.queue_url, wait_s=10)
+                await add_event(session, outbox, in_session)
+            first = await receive_messages(sqs, wiring.queue_url, wait_s=10)
+            in_unit = thing(2, note="staged by the other replica in a unit of work")
+            await other_replica.run(lambda conn: stage_event(conn, outbox, in_unit))
+            second = await receive_messages(sqs, wiring.queue_url, wait_s=10)
     finally:
         await other_replica.dispose()
-    assert [b["id"] for b in _bodies(messages)] == [event.id]
+    assert [b["id"] for b in _bodies(first)] == [in_session.id]
+    assert [b["id"] for b in _bodies(second)] == [in_unit.id]
 
 
 async def test_a_rung_doorbell_wakes_the_one_relay_that_listens(tmp_path):

@@ -258,6 +258,8 @@ class Database:
             session = await stack.enter_async_context(self.sessions())
             async with session.begin():
                 yield session
+                if self.dialect == "postgresql" and session.info.get("outbox_dirty"):
+                    await session.execute(_NOTIFY_EVENTS)
             if session.info.pop("outbox_dirty", False):
                 self._events_committed()
 
@@ -276,6 +278,8 @@ class Database:
         try:
             async with self.engine.begin() as conn:
                 result, staged = await conn.run_sync(_in_transaction, unit)
+                if staged and self.dialect == "postgresql":
+                    await conn.execute(_NOTIFY_EVENTS)
         except Exception:
             # A cancellation that reaches the unit inside run_sync's greenlet comes out
             # as a driver error; the caller must still see it as a cancellation.
@@ -378,6 +382,22 @@ class Database:
 
         return read
 
+    async def listen_for_events(self, wake: Callable[[], None]) -> Any:
+        """On PostgreSQL, call `wake` whenever a transaction that staged outbox events
+        commits, in any process (each sends a NOTIFY on `EVENTS_CHANNEL` as it commits: it
+        is delivered with the commit, and not at all on a rollback). Returns the listening
+        asyncpg connection; close it to stop."""
+        import asyncpg
+
+        dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        listener = await asyncpg.connect(dsn)
+        try:
+            await listener.add_listener(EVENTS_CHANNEL, lambda *_: wake())
+        except BaseException:
+            await listener.close()
+            raise
+        return listener
+
     def _events_committed(self) -> None:
         for hook in self.on_events_committed:
             hook()
@@ -395,6 +415,9 @@ class Database:
 
 
 GROUP_MAX = 64  # units per group commit
+# PostgreSQL: the channel a transaction that staged outbox events notifies as it commits.
+EVENTS_CHANNEL = "asyncsns_outbox"
+_NOTIFY_EVENTS = text(f"NOTIFY {EVENTS_CHANNEL}")
 SQLITE_MMAP_BYTES = 1 << 30  # address space, not memory: the OS pages the file in
 SQLITE_CACHE_KIB = 16 * 1024  # per connection, filled only as pages are used
 

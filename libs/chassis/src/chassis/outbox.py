@@ -33,7 +33,7 @@ MESSAGE_EVENTS = 50  # events one message carries at most
 # A relay pass starts at most this often: under a burst the commits of that long gather
 # and one SNS call carries them all, where a pass per commit would sign and send a request
 # per event. At rest a commit is published at once (it used to wait 20 ms every time).
-PACE_S = 0.02
+PACE_S = 0.05
 WATCH_S = 0.02  # how often the lease holder looks for other replicas' commits (SQLite)
 LEASE_CHECK_S = 0.5  # how often a relay without the lease looks whether it took it
 
@@ -145,7 +145,9 @@ class OutboxRelay:
     async def run(self) -> None:
         """Loop until cancelled; errors back off and are retried, never dropped."""
         version = self._db.commit_version()
-        watcher = asyncio.create_task(self._watch(version)) if version else None
+        watcher = (asyncio.create_task(self._watch(version)) if version
+                   else asyncio.create_task(self._listen()) if self._db.dialect == "postgresql"
+                   else None)
         try:
             await self._loop()
         finally:
@@ -181,6 +183,29 @@ class OutboxRelay:
                 await asyncio.sleep(WATCH_S if held else LEASE_CHECK_S)
         finally:
             doorbell.close()
+
+    async def _listen(self) -> None:
+        """PostgreSQL: while holding the lease, wake on every commit that staged events,
+        another process's included (`Database.listen_for_events`); without it a replica's
+        events waited for the holder's next poll."""
+        listener: Any = None
+        try:
+            while True:
+                held = self._lease.held
+                if held and (listener is None or listener.is_closed()):
+                    try:
+                        listener = await self._db.listen_for_events(self._wake.set)
+                        self._wake.set()  # commits before it listened
+                    except Exception:
+                        log.warning("could not listen for commits; the relay polls",
+                                    exc_info=True)
+                elif not held and listener is not None:
+                    await listener.close()
+                    listener = None
+                await asyncio.sleep(LEASE_CHECK_S)
+        finally:
+            if listener is not None:
+                await listener.close()
 
     async def _loop(self) -> None:
         backoff = self._poll

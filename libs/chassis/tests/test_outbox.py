@@ -267,3 +267,25 @@ async def test_a_rung_doorbell_wakes_the_one_relay_that_listens(tmp_path):
     finally:
         for doorbell in (listener, rival, ringer, other_file):
             doorbell.close()
+
+
+async def test_a_relay_without_the_lease_rings_the_holder_after_its_commits(
+        database_url, db, wire, sns):
+    """Replicas that each run a relay (the call service's): a commit in one whose relay
+    lacks the lease wakes the holder in another process through the doorbell."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("on PostgreSQL the holder listens for every commit's NOTIFY")
+    relay = _relay(db, sns, wire().topic_arn)
+    holder_side, rung = Doorbell(db.database.file), asyncio.Event()
+    try:
+        assert holder_side.listen(rung.set)
+        relay.wake()  # no lease here: the holder is rung, this relay stays asleep
+        async with asyncio.timeout(5):
+            await rung.wait()
+        assert not relay._wake.is_set()
+        assert await relay._lease.acquire()
+        relay.wake()  # the lease holder wakes itself
+        assert relay._wake.is_set()
+    finally:
+        holder_side.close()
+        relay._doorbell.close()

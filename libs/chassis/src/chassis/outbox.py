@@ -136,11 +136,16 @@ class OutboxRelay:
         self._poll = poll_interval_s
         self._batch = batch_size
         self._wake = asyncio.Event()
+        self._doorbell = Doorbell(db.file) if db.file is not None else None
         self.healthy = True
 
     def wake(self) -> None:
-        """Publish soon: called after a transaction that staged events commits."""
-        self._wake.set()
+        """Publish soon: called after a transaction that staged events commits. While
+        another process's relay holds the lease, that one is rung instead (SQLite)."""
+        if self._doorbell is None or self._lease.held:
+            self._wake.set()
+        else:
+            self._doorbell.ring()
 
     async def run(self) -> None:
         """Loop until cancelled; errors back off and are retried, never dropped."""
@@ -161,8 +166,8 @@ class OutboxRelay:
         wait for the next poll. Those that ring the doorbell wake it at once; the others'
         commits are seen within WATCH_S."""
         seen: int | None = None
-        assert self._db.file is not None
-        doorbell = Doorbell(self._db.file)
+        assert self._doorbell is not None
+        doorbell = self._doorbell
         try:
             while True:
                 try:

@@ -259,7 +259,7 @@ async def test_a_rung_doorbell_wakes_the_one_relay_that_listens(tmp_path):
             ringer.ring()
         async with asyncio.timeout(5):
             await woken.wait()
-        listener.close()  # the lease went elsewhere: the next holder listens
+        listener.stop_listening()  # the lease went elsewhere: the next holder listens
         assert rival.listen(rival_woken.set)
         ringer.ring()
         async with asyncio.timeout(5):

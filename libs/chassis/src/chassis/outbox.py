@@ -180,7 +180,7 @@ class OutboxRelay:
                 if held:
                     doorbell.listen(self._wake.set)
                 else:
-                    doorbell.close()
+                    doorbell.stop_listening()
                 if held and seen is not None and now != seen:
                     self._wake.set()
                 seen = now
@@ -309,11 +309,11 @@ class OutboxRelay:
 
 class Doorbell:
     """Wakes the relay of another process sharing a SQLite file: the processes that commit
-    events but run no relay (a service's request replicas) ring it after each such commit,
-    and the relay holding the lease listens. A datagram to a Linux abstract Unix socket
-    named after the database file: nothing to clean up, released with its process, and one
-    listener at a time. Where it cannot be rung (no listener, not Linux) the relay's commit
-    watch still sees the commit within WATCH_S."""
+    events but run no relay (a service's request replicas) or whose relay lacks the lease
+    ring it after each such commit, and the relay holding the lease listens. A datagram to
+    a Linux abstract Unix socket named after the database file: nothing to clean up,
+    released with its process, and one listener at a time. Where it cannot be rung (no
+    listener, not Linux) the relay's commit watch still sees the commit within WATCH_S."""
 
     def __init__(self, database_file: str) -> None:
         digest = hashlib.sha256(os.path.abspath(database_file).encode()).hexdigest()[:32]
@@ -353,12 +353,15 @@ class Doorbell:
                 pass
         wake()
 
-    def close(self) -> None:
-        """Stop listening (the lease went to another relay, or the relay stops)."""
+    def stop_listening(self) -> None:
+        """The lease went to another relay: leave the doorbell to it."""
         if self._listener is not None:
             asyncio.get_running_loop().remove_reader(self._listener.fileno())
             self._listener.close()
             self._listener = None
+
+    def close(self) -> None:
+        self.stop_listening()
         if self._sender is not None:
             self._sender.close()
             self._sender = None

@@ -85,14 +85,14 @@ def main() -> None:
                     result, lag = asyncio.run(_during(
                         load, measure(base_url, users[0], users[1], args.duration - 1)))
                     print(f"{result.line()}   ({target})")
-                    for line in lag.lines():
+                    for line in lag.lines(data_dir):
                         print(line)
                     _settle(base_url, users, data_dir)
                 continue
             if mode == "lag":
                 lag = asyncio.run(measure(base_url, users[0], users[1], args.duration))
-                for line in lag.lines():
-                    print(f"{line}   (no other load)")
+                for line in lag.lines(data_dir):
+                    print(line if line.startswith(" ") else f"{line}   (no other load)")
                 continue
             # The lag probe's author and reader (the first two users) stay out of the follow
             # graph: the reader follows the author alone, so a probe's post is the newest in

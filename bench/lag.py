@@ -4,9 +4,12 @@ import asyncio
 import statistics
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
+
+from .stages import breakdown
 
 TIMEOUT_S = 15.0
 
@@ -16,10 +19,15 @@ class Lags:
     probes: int
     home_ms: list[float]
     search_ms: list[float]
+    seen: list[tuple[str, float]] = field(default_factory=list)  # post id, when in home
 
-    def lines(self) -> list[str]:
-        return [self._line("post -> follower's home timeline", self.home_ms, "p99 <= 300 ms"),
-                self._line("post -> searchable", self.search_ms, "p99 <= 500 ms")]
+    def lines(self, data_dir: Path | None = None) -> list[str]:
+        """The lags; on the embedded stack (its data dir given) also where the home
+        timeline's went, stage by stage (`bench.stages`)."""
+        lines = [self._line("post -> follower's home timeline", self.home_ms, "p99 <= 300 ms")]
+        stages = breakdown(data_dir, self.seen) if data_dir is not None else None
+        return lines + ([stages] if stages else []) + [
+            self._line("post -> searchable", self.search_ms, "p99 <= 500 ms")]
 
     def _line(self, name: str, samples: list[float], target: str) -> str:
         missing = self.probes - len(samples)
@@ -61,7 +69,7 @@ async def measure(base_url: str, author: tuple[str, str], reader: tuple[str, str
             token = f"lag{uuid.uuid4().hex[:10]}"
             created = await http.post("/api/posts", headers=as_author,
                                       json={"text": f"probe {token}"})
-            started = time.perf_counter()
+            started, wall = time.perf_counter(), time.time()
             if created.status_code == 201:
                 post_id = created.json()["id"]
                 lags.probes += 1
@@ -70,6 +78,7 @@ async def measure(base_url: str, author: tuple[str, str], reader: tuple[str, str
                     _wait_for(http, f"/api/search?q={token}", as_reader, post_id, started))
                 if home is not None:
                     lags.home_ms.append(home)
+                    lags.seen.append((post_id, wall + home / 1000))
                 if search is not None:
                     lags.search_ms.append(search)
             await asyncio.sleep(0.1)

@@ -3,12 +3,13 @@
 import asyncio
 import json
 from collections import defaultdict
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
 
 from chassis.consumer import events_in
-from chassis.db import Database
+from chassis.db import Database, utcnow
 from chassis.outbox import (
     CALL_MAX_BYTES,
     MESSAGE_EVENTS,
@@ -183,6 +184,23 @@ async def test_a_lease_has_one_holder_until_released(db):
     await first.release()
     assert await second.acquire()
     assert not await first.acquire()
+
+
+async def test_a_lease_is_held_while_its_renewal_is_under_way(db):
+    """The relay's watch asks `held` every 20 ms; a renewal must not look like a loss."""
+    lease = Lease(db.database, db.metadata, "job", ttl_s=10)
+    assert await lease.acquire()
+    lease._held_until -= timedelta(seconds=6)  # under half its time left: the next renews
+    take, seen = lease._take, []
+
+    def observed(conn, *, now):
+        seen.append(lease.held)
+        return take(conn, now=now)
+
+    lease._take = observed
+    assert await lease.acquire()
+    assert seen == [True]
+    assert lease._held_until - utcnow() > timedelta(seconds=9)
 
 
 async def test_a_lease_whose_holder_stopped_renewing_is_taken_over(db):

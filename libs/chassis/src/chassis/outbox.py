@@ -79,15 +79,21 @@ class Lease:
 
         A lease held with more than half its time left is kept without a write: the relay
         asks on every pass, and a write per pass would queue behind the service's writers.
+        While a renewal is under way the lease is still held (its time has not run out):
+        `held` said False there, the relay's watch then took that for a lost lease and
+        looked again only after LEASE_CHECK_S, and other processes' events waited for the
+        0.5 s poll.
         """
         now = utcnow()
         if self._held_until is not None and self._held_until - now > self._ttl / 2:
             return True
-        self._held_until = None
-        if await self._db.run(functools.partial(self._take, now=now)):
-            self._held_until = now + self._ttl
-            return True
-        return False
+        try:
+            taken = await self._db.run(functools.partial(self._take, now=now))
+        except BaseException:
+            self._held_until = None
+            raise
+        self._held_until = now + self._ttl if taken else None
+        return taken
 
     def _take(self, conn: Connection, *, now: datetime) -> bool:
         table = self._table

@@ -91,8 +91,8 @@ def main() -> None:
                 continue
             if mode == "lag":
                 lag = asyncio.run(measure(base_url, users[0], users[1], args.duration))
-                for line in lag.lines(data_dir):
-                    print(line if line.startswith(" ") else f"{line}   (no other load)")
+                for line in lag.lines(data_dir, note="   (no other load)"):
+                    print(line)
                 continue
             # The lag probe's author and reader (the first two users) stay out of the follow
             # graph: the reader follows the author alone, so a probe's post is the newest in

@@ -21,13 +21,13 @@ class Lags:
     search_ms: list[float]
     seen: list[tuple[str, float]] = field(default_factory=list)  # post id, when in home
 
-    def lines(self, data_dir: Path | None = None) -> list[str]:
-        """The lags; on the embedded stack (its data dir given) also where the home
-        timeline's went, stage by stage (`bench.stages`)."""
-        lines = [self._line("post -> follower's home timeline", self.home_ms, "p99 <= 300 ms")]
+    def lines(self, data_dir: Path | None = None, note: str = "") -> list[str]:
+        """The lags, each followed by `note`; on the embedded stack (its data dir given)
+        also where the home timeline's went, stage by stage (`bench.stages`)."""
+        home = self._line("post -> follower's home timeline", self.home_ms, "p99 <= 300 ms")
         stages = breakdown(data_dir, self.seen) if data_dir is not None else None
-        return lines + ([stages] if stages else []) + [
-            self._line("post -> searchable", self.search_ms, "p99 <= 500 ms")]
+        search = self._line("post -> searchable", self.search_ms, "p99 <= 500 ms")
+        return [home + note, *([stages] if stages else []), search + note]
 
     def _line(self, name: str, samples: list[float], target: str) -> str:
         missing = self.probes - len(samples)

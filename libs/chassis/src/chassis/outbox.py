@@ -155,10 +155,11 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Loop until cancelled; errors back off and are retried, never dropped."""
-        version = self._db.commit_version()
-        watcher = (asyncio.create_task(self._watch(version)) if version
-                   else asyncio.create_task(self._listen()) if self._db.dialect == "postgresql"
-                   else None)
+        watcher = None
+        if self._doorbell is not None:  # a SQLite file
+            watcher = asyncio.create_task(self._watch(self._doorbell))
+        elif self._db.dialect == "postgresql":
+            watcher = asyncio.create_task(self._listen())
         try:
             await self._loop()
         finally:
@@ -166,14 +167,14 @@ class OutboxRelay:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
 
-    async def _watch(self, version: Callable[[], int]) -> None:
+    async def _watch(self, doorbell: "Doorbell") -> None:
         """While holding the lease, wake on commits of other processes (other replicas):
         their own relays cannot publish while this one holds the lease, and would otherwise
         wait for the next poll. Those that ring the doorbell wake it at once; the others'
         commits are seen within WATCH_S."""
+        version = self._db.commit_version()
+        assert version is not None
         seen: int | None = None
-        assert self._doorbell is not None
-        doorbell = self._doorbell
         try:
             while True:
                 try:
